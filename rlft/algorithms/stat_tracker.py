@@ -1,0 +1,39 @@
+"""Per-prompt reward normalization (ALGORITHMS.md §3.1).
+
+Each prompt keeps a FIFO buffer of its latest rewards. A prompt with fewer than `min_count`
+buffered rewards is normalized with the whole batch's statistics instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+EPS = 1e-6
+
+
+class PerPromptStatTracker:
+    def __init__(self, buffer_size: int, min_count: int):
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.buffers: dict[str, deque] = {}
+
+    def update(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
+        """Append this epoch's rewards to their prompts' buffers; return the advantages."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        prompts_array = np.asarray(prompts, dtype=object)
+        advantages = np.empty_like(rewards)
+        for prompt in dict.fromkeys(prompts):  # unique, in first-seen order
+            mask = prompts_array == prompt
+            buffer = self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size))
+            buffer.extend(rewards[mask].tolist())
+            reference = rewards if len(buffer) < self.min_count else np.asarray(buffer)
+            advantages[mask] = (rewards[mask] - reference.mean()) / (reference.std() + EPS)
+        return advantages
+
+    def state_dict(self) -> dict:
+        return {"buffers": {prompt: list(buffer) for prompt, buffer in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {p: deque(values, maxlen=self.buffer_size) for p, values in state["buffers"].items()}

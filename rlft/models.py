@@ -1,0 +1,148 @@
+"""The diffusion models rlft trains: built offline from configs (tiny, small) or loaded (sd14, sd15).
+
+Every builder returns the same `Components`: a Stable-Diffusion-shaped UNet, VAE, CLIP text
+encoder with its tokenizer, and the DDIM scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from rlft.ddim import make_scheduler
+from rlft.errors import ConfigError
+
+PIPELINE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Components:
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    # Where the base weights come from: a hub id or directory, or None for a model built here.
+    source: str | None = None
+
+
+def _byte_unicode_alphabet() -> list[str]:
+    """The 256 printable stand-ins CLIP's byte-level BPE uses for bytes (GPT-2's table)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def character_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges: any text, one token per byte.
+
+    Real CLIP vocabularies cannot be downloaded here; this one is built offline, covers every
+    prompt, and keeps CLIP's special tokens, padding and 77-token truncation.
+    """
+    alphabet = _byte_unicode_alphabet()
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer.model_max_length = max_length
+    return tokenizer
+
+
+def build_offline(
+    seed: int,
+    resolution: int,
+    unet_channels: list[int],
+    vae_channels: list[int],
+    text_width: int,
+    text_layers: int,
+    attention_head_dim: int = 8,
+    layers_per_block: int = 1,
+) -> Components:
+    """A Stable-Diffusion-shaped model with random weights, identical for a given seed and shape."""
+    tokenizer = character_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=text_width,
+                intermediate_size=4 * text_width,
+                num_hidden_layers=text_layers,
+                num_attention_heads=max(1, text_width // 16),
+                max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        levels = len(unet_channels)
+        unet = UNet2DConditionModel(
+            sample_size=resolution // 2 ** (len(vae_channels) - 1),
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=tuple(unet_channels),
+            down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            layers_per_block=layers_per_block,
+            cross_attention_dim=text_width,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=min(32, unet_channels[0]),
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=tuple(vae_channels),
+            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+            layers_per_block=1,
+            norm_num_groups=min(32, vae_channels[0]),
+            sample_size=resolution,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return Components(unet, vae, text_encoder, tokenizer, make_scheduler())
+
+
+def _missing_model_message(name_or_path: str, reason: str) -> str:
+    return (
+        f"cannot load the model '{name_or_path}': {reason}. A diffusers pipeline directory is needed "
+        f"with model_index.json and the subfolders {', '.join(PIPELINE_SUBFOLDERS)}. Fix: on a machine "
+        f"with internet access run `huggingface-cli download {name_or_path}` (or let the run download it), "
+        "or copy such a directory here and pass model.path=/path/to/it."
+    )
+
+
+def load_pretrained(hub_id: str, path: str | None = None, revision: str | None = None) -> Components:
+    """Load Stable Diffusion components from a local pipeline directory or a hub id."""
+    if path is not None:
+        directory = Path(path).expanduser()
+        if not (directory / "model_index.json").is_file():
+            raise ConfigError(_missing_model_message(str(directory), "model_index.json not found there"))
+        source, kwargs = str(directory), {}
+    else:
+        source, kwargs = hub_id, {"revision": revision}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+        scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
+        raise ConfigError(_missing_model_message(source, f"{reason} ({type(error).__name__})")) from error
+    return Components(unet, vae, text_encoder, tokenizer, DDIMScheduler.from_config(scheduler_config), source)

@@ -1,0 +1,223 @@
+"""The Lightning module: one Lightning epoch is one RL epoch, and training_step is its five phases."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rlft.algorithms import Algorithm
+from rlft.images import log_images, save_image_grid
+from rlft.policy import Policy
+from rlft.prompts import PromptSource
+from rlft.rewards import Reward, RewardRunner
+from rlft.sampler import rollout
+from rlft.trajectories import Trajectories, training_batches
+
+
+def stream_seed(*parts: int) -> int:
+    """A seed for one random stream, derived from (seed, rank, epoch, stream id).
+
+    Deriving every epoch's streams from its index (rather than carrying generator state forward)
+    makes resume exact on any number of ranks: epoch k draws the same prompts and noise whether or
+    not the run was interrupted before it.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+NOISE, PROMPTS, SHUFFLE = 0, 1, 2
+
+
+class RLModule(pl.LightningModule):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        policy: Policy,
+        algorithm: Algorithm,
+        prompts: PromptSource,
+        reward: Reward,
+        eval_rewards: dict[str, Reward],
+        run_dir: str | Path,
+    ):
+        super().__init__()
+        self.automatic_optimization = False  # the RL epoch decides when the optimizer steps
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.cfg = cfg
+        self.policy = policy
+        self.algorithm = algorithm
+        self.prompts = prompts
+        self.reward_name = reward.name
+        self.rewards = RewardRunner({"train": reward, **{f"eval_{name}": r for name, r in eval_rewards.items()}})
+        self.run_dir = Path(run_dir)
+        self.history: list[dict[str, float]] = []  # per-epoch metrics, also returned by rlft.train
+
+    # -- Lightning plumbing ---------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.cfg.train
+        return torch.optim.AdamW(
+            self.policy.trainable_parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.adam_weight_decay, eps=t.adam_epsilon,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([0], batch_size=1)  # one step per epoch: the RL epoch itself
+
+    def on_fit_end(self) -> None:
+        self.rewards.close()
+
+    def _generator(self, epoch: int, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(stream_seed(self.cfg.seed, self.global_rank, epoch, stream))
+
+    # -- the RL epoch ---------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        epoch = self.current_epoch
+        self.policy.eval()  # no dropout anywhere: sampling and training must evaluate the same policy
+        timings = {}
+        trajectories = self.rollout(epoch, timings)  # 1. rollout (rewards start in the background)
+        self.score(trajectories, timings)  # 2. reward
+        self.compute_advantages(trajectories)  # 3. advantage
+        stats = self.optimize(trajectories, epoch, timings)  # 4. optimize
+        self.report(trajectories, stats, timings, epoch)  # 5. report
+
+    def rollout(self, epoch: int, timings: dict) -> Trajectories:
+        s = self.cfg.sample
+        start = time.perf_counter()
+        trajectories = rollout(
+            self.policy, self.prompts, self.rewards,
+            batch_size=s.batch_size, num_batches=s.num_batches_per_epoch, num_steps=s.num_steps,
+            guidance_scale=s.guidance_scale, eta=s.eta,
+            generator=self._generator(epoch, NOISE),
+            rng=random.Random(stream_seed(self.cfg.seed, self.global_rank, epoch, PROMPTS)),
+            progress=self.trainer.is_global_zero, description=f"epoch {epoch} sampling",
+        )
+        timings["sampling_s"] = time.perf_counter() - start
+        return trajectories
+
+    def score(self, trajectories: Trajectories, timings: dict) -> None:
+        start = time.perf_counter()
+        scores = self.rewards.collect()
+        timings["reward_wait_s"] = time.perf_counter() - start
+        timings["reward_s"] = self.rewards.seconds
+        self.rewards.seconds = 0.0
+        trajectories.rewards = scores.pop("train").to(self.device)
+        trajectories.eval_rewards = {name.removeprefix("eval_"): v.to(self.device) for name, v in scores.items()}
+
+    def compute_advantages(self, trajectories: Trajectories) -> None:
+        """Advantages over the whole epoch of every rank; each rank keeps the rows of its samples."""
+        all_rewards = self.gather(trajectories.rewards)
+        all_prompts = self.gather_strings(trajectories.prompts)
+        advantages = self.algorithm.advantages(all_rewards, all_prompts).to(self.device)
+        n = len(trajectories)
+        trajectories.advantages = advantages[self.global_rank * n : (self.global_rank + 1) * n]
+        trajectories.global_rewards = all_rewards
+
+    def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
+        t, s = self.cfg.train, self.cfg.sample
+        start = time.perf_counter()
+        optimizer = self.optimizers()
+        num_timesteps = max(1, int(trajectories.num_steps * t.timestep_fraction))
+        accumulation = t.gradient_accumulation_steps
+        guidance = s.guidance_scale if t.cfg else 1.0
+        shuffle = self._generator(epoch, SHUFFLE)
+        metrics: dict[str, list] = defaultdict(list)
+        batches_per_inner_epoch = len(trajectories) // t.batch_size
+        bar = tqdm(
+            total=t.num_inner_epochs * batches_per_inner_epoch * num_timesteps, desc=f"epoch {epoch} training",
+            disable=not self.trainer.is_global_zero, leave=False, unit="step",
+        )
+        for _ in range(t.num_inner_epochs):
+            batches = training_batches(trajectories, t.batch_size, num_timesteps, shuffle)
+            for index, batch in enumerate(batches):
+                for j in range(num_timesteps):
+                    _, log_prob = self.policy.step(
+                        batch.latents[:, j], batch.timesteps[:, j], batch.prompt_embeds, guidance, s.eta,
+                        next_latents=batch.next_latents[:, j],
+                    )
+                    loss, info = self.algorithm.loss(log_prob, batch.log_probs[:, j], batch.advantages)
+                    # The update direction is the mean over samples x timesteps of an accumulation window.
+                    self.manual_backward(loss / (accumulation * num_timesteps))
+                    metrics["loss"].append(loss.detach())
+                    for key, value in info.items():
+                        metrics[key].append(value)
+                    bar.update()
+                if (index + 1) % accumulation == 0:
+                    self.clip_gradients(optimizer, gradient_clip_val=t.max_grad_norm, gradient_clip_algorithm="norm")
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        bar.close()
+        timings["training_s"] = time.perf_counter() - start
+        return {key: torch.stack(values).float().mean().item() for key, values in metrics.items()}
+
+    def report(self, trajectories: Trajectories, stats: dict, timings: dict, epoch: int) -> None:
+        rewards = trajectories.global_rewards
+        samples = len(rewards)
+        metrics = {
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "samples": float(samples),
+            **stats,
+            **timings,
+            "images_per_s": samples / max(timings["sampling_s"] + timings["reward_wait_s"], 1e-9),
+        }
+        for name, values in trajectories.eval_rewards.items():
+            gathered = self.gather(values)
+            metrics[f"eval_{name}_mean"] = gathered.mean().item()
+            metrics[f"eval_{name}_std"] = gathered.std(unbiased=False).item()
+        # Values are identical on every rank except the local timings and PPO diagnostics: average those.
+        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
+        self.history.append({"epoch": epoch, **metrics})
+        if self.trainer.is_global_zero:
+            print(
+                f"epoch {epoch}: reward_mean={metrics['reward_mean']:.4f} reward_std={metrics['reward_std']:.4f} "
+                f"approx_kl={stats.get('approx_kl', 0.0):.2e} clipfrac={stats.get('clipfrac', 0.0):.3f} "
+                f"sampling={timings['sampling_s']:.1f}s training={timings['training_s']:.1f}s",
+                flush=True,
+            )
+            count = min(len(trajectories), self.cfg.sample.num_images_logged)
+            if count:
+                images, captions = trajectories.images[:count], trajectories.prompts[:count]
+                save_image_grid(images, captions, self.run_dir / "images" / f"epoch_{epoch:04d}.png")
+                log_images(self.loggers, images, captions, step=self.global_step)
+
+    # -- collectives ----------------------------------------------------------------------------
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Concatenate a per-rank (N, ...) tensor over ranks, in rank order."""
+        if self.trainer.world_size == 1:
+            return values
+        gathered = self.all_gather(values)
+        return gathered.reshape(-1, *values.shape[1:])
+
+    def gather_strings(self, values: list[str]) -> list[str]:
+        if self.trainer.world_size == 1 or not dist.is_initialized():
+            return list(values)
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, list(values))
+        return [value for rank_values in gathered for value in rank_values]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rlft"] = {
+            "algorithm": self.algorithm.state_dict(),
+            "history": self.history,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["rlft"]
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.history = list(state["history"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])

@@ -1,0 +1,151 @@
+"""The policy: a text-conditioned diffusion model whose DDIM steps are Gaussian actions.
+
+One object owns text encoding, classifier-free guidance, the log-prob step, decoding, LoRA and
+export, so that sampling and training evaluate the policy through the same code path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import convert_state_dict_to_diffusers
+from omegaconf import DictConfig, OmegaConf
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+from rlft.ddim import ddim_step_with_logprob
+from rlft.models import Components
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class Policy(nn.Module):
+    def __init__(self, components: Components, lora: DictConfig | dict | None, frozen_dtype: str = "float32"):
+        super().__init__()
+        self.unet = components.unet
+        self.vae = components.vae
+        self.text_encoder = components.text_encoder
+        self.tokenizer = components.tokenizer
+        self.scheduler = components.scheduler
+        self.source = components.source
+        self.lora_config = None if lora is None else OmegaConf.to_container(OmegaConf.create(lora), resolve=True)
+
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        dtype = DTYPES[frozen_dtype]
+        # Frozen weights may live in half precision to save memory; trainable ones stay float32.
+        self.vae.to(dtype)
+        self.text_encoder.to(dtype)
+        if self.lora_config is not None:
+            self.unet.requires_grad_(False)
+            self.unet.to(dtype)
+            self.unet.add_adapter(LoraConfig(**self.lora_config))
+            for param in self.unet.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
+        self.vae.eval()
+        self.text_encoder.eval()
+        self.unet.eval()  # SD UNets have no dropout; eval keeps any that a config adds deterministic
+        self.register_buffer("negative_embedding", self.encode_prompts([""]), persistent=False)
+
+    # -- text -------------------------------------------------------------------------------
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP hidden states (B, 77, D) of the padded prompts (not the pooled output)."""
+        ids = self.tokenize(prompts).to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    # -- the policy's action ------------------------------------------------------------------
+    def predict_noise(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor, guidance_scale: float
+    ) -> torch.Tensor:
+        """The guided noise prediction; one UNet call on the [unconditional; conditional] batch."""
+        if guidance_scale <= 1.0:
+            return self.unet(latents, timesteps, prompt_embeds).sample
+        negative = self.negative_embedding.to(prompt_embeds.dtype).expand(len(latents), -1, -1)
+        out = self.unet(
+            torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), torch.cat([negative, prompt_embeds])
+        ).sample
+        uncond, cond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    def step(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance_scale: float,
+        eta: float,
+        next_latents: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw (or, given `next_latents`, score) the action x_{t-1}; returns it and its log-prob."""
+        unet_dtype = next(self.unet.parameters()).dtype
+        noise_pred = self.predict_noise(latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale)
+        return ddim_step_with_logprob(
+            self.scheduler, noise_pred, timesteps, latents, eta, prev_sample=next_latents, generator=generator
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1], float32 (B, 3, H, W)."""
+        scaled = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        images = self.vae.decode(scaled).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        return (self.unet.config.in_channels, size, size)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    # -- export -----------------------------------------------------------------------------
+    def pipeline(self) -> StableDiffusionPipeline:
+        return StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the trained weights in diffusers' format; returns the directory.
+
+        LoRA: `lora/pytorch_lora_weights.safetensors` (load with `pipe.load_lora_weights`), and for a
+        model built offline (no hub id to load the base from) the base pipeline in `base/`.
+        Full fine-tuning: the whole pipeline with the trained UNet in `pipeline/`.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.lora_config is None:
+            self.pipeline().save_pretrained(directory / "pipeline", safe_serialization=True)
+            return directory
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        StableDiffusionPipeline.save_lora_weights(directory / "lora", unet_lora_layers=layers, safe_serialization=True)
+        if self.source is None:
+            self._save_base_pipeline(directory / "base")
+        (directory / "BASE_MODEL.txt").write_text((self.source or str(directory / "base")) + "\n")
+        return directory
+
+    def _save_base_pipeline(self, directory: Path) -> None:
+        """Save the pipeline without the adapters (a fresh UNet with the base weights)."""
+        base_unet = UNet2DConditionModel.from_config(self.unet.config)
+        base_state = {
+            key.replace(".base_layer", ""): value
+            for key, value in self.unet.state_dict().items()
+            if "lora_" not in key
+        }
+        base_unet.load_state_dict(base_state)
+        pipe = self.pipeline()
+        pipe.unet = base_unet.to(torch.float32)
+        pipe.save_pretrained(directory, safe_serialization=True)
+

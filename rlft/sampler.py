@@ -1,0 +1,68 @@
+"""Rollout: sample prompts, run the DDIM policy for T steps, keep trajectories and log-probs."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from rlft.policy import Policy
+from rlft.prompts import PromptSource
+from rlft.rewards import RewardRunner
+from rlft.trajectories import Trajectories
+
+
+@torch.no_grad()
+def rollout(
+    policy: Policy,
+    prompts: PromptSource,
+    rewards: RewardRunner,
+    *,
+    batch_size: int,
+    num_batches: int,
+    num_steps: int,
+    guidance_scale: float,
+    eta: float,
+    generator: torch.Generator,
+    rng: random.Random,
+    progress: bool = False,
+    description: str = "sampling",
+) -> Trajectories:
+    """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples."""
+    device = policy.negative_embedding.device
+    policy.scheduler.set_timesteps(num_steps, device=device)
+    timesteps = policy.scheduler.timesteps.to(device)
+    bar = tqdm(total=num_batches * num_steps, desc=description, disable=not progress, leave=False, unit="step")
+    parts: dict[str, list] = {key: [] for key in ("prompts", "metadata", "embeds", "chain", "log_probs", "images")}
+    for _ in range(num_batches):
+        drawn = [prompts.sample(rng) for _ in range(batch_size)]
+        batch_prompts = [prompt for prompt, _ in drawn]
+        embeds = policy.encode_prompts(batch_prompts)
+        x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
+        x = x * policy.scheduler.init_noise_sigma
+        chain, log_probs = [x], []
+        for t in timesteps:
+            x, log_prob = policy.step(x, t.expand(batch_size), embeds, guidance_scale, eta, generator=generator)
+            chain.append(x)
+            log_probs.append(log_prob)
+            bar.update()
+        images = policy.decode(x).cpu()
+        rewards.submit(images, batch_prompts, [meta for _, meta in drawn])
+        parts["prompts"] += batch_prompts
+        parts["metadata"] += [meta for _, meta in drawn]
+        parts["embeds"].append(embeds)
+        parts["chain"].append(torch.stack(chain, dim=1))
+        parts["log_probs"].append(torch.stack(log_probs, dim=1))
+        parts["images"].append(images)
+    bar.close()
+    total = batch_size * num_batches
+    return Trajectories(
+        prompts=parts["prompts"],
+        metadata=parts["metadata"],
+        prompt_embeds=torch.cat(parts["embeds"]),
+        timesteps=timesteps.expand(total, -1).clone(),
+        chain=torch.cat(parts["chain"]),
+        log_probs=torch.cat(parts["log_probs"]),
+        images=torch.cat(parts["images"]),
+    )

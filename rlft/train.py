@@ -1,0 +1,124 @@
+"""Build a run from the composed config and fit it: rlft.train(cfg)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from rlft.config import load_option
+from rlft.errors import ConfigError
+from rlft.module import RLModule
+from rlft.policy import Policy
+
+log = logging.getLogger("rlft")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject inconsistent settings before anything is built, naming the key and the fix."""
+    s, t = cfg.sample, cfg.train
+    checks = [
+        (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
+        (s.batch_size >= 1 and s.num_batches_per_epoch >= 1, "sample.batch_size and sample.num_batches_per_epoch must be at least 1"),
+        (s.num_steps >= 1, f"sample.num_steps={s.num_steps} must be at least 1"),
+        (s.eta > 0, f"sample.eta={s.eta} must be > 0: with eta=0 the DDIM policy is deterministic and has no log-prob"),
+        (t.batch_size >= 1 and s.batch_size * s.num_batches_per_epoch % t.batch_size == 0,
+         f"train.batch_size={t.batch_size} must divide the samples per epoch per process "
+         f"(sample.batch_size * sample.num_batches_per_epoch = {s.batch_size * s.num_batches_per_epoch})"),
+        (t.gradient_accumulation_steps >= 1
+         and (s.batch_size * s.num_batches_per_epoch // t.batch_size) % t.gradient_accumulation_steps == 0,
+         f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} must divide the number of training "
+         f"minibatches per epoch ({s.batch_size * s.num_batches_per_epoch // max(t.batch_size, 1)})"),
+        (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
+        (t.num_inner_epochs >= 1, "train.num_inner_epochs must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def find_checkpoint(resume: str | None, output_root: Path) -> Path | None:
+    """`resume`: null (fresh run), `auto` (latest last.ckpt under output_root, if any), or a path
+    to a checkpoint file or to a run directory."""
+    if resume in (None, "", False):
+        return None
+    if str(resume) == "auto":
+        candidates = sorted(output_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        return candidates[-1] if candidates else None
+    path = Path(str(resume)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run directory, or resume=auto")
+    return path
+
+
+def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
+    """Drop rows of epochs the resumed run will redo (written after the checkpoint it resumes)."""
+    if not metrics_file.is_file():
+        return
+    with metrics_file.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if not r.get("epoch") or int(float(r["epoch"])) < first_epoch]
+    tmp = metrics_file.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, metrics_file)
+
+
+def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
+    components = instantiate(cfg.model.components)
+    policy = Policy(components, lora=cfg.model.lora, frozen_dtype=cfg.hardware.frozen_dtype)
+    eval_rewards = {name: instantiate(load_option("reward", name)) for name in cfg.eval_rewards}
+    return RLModule(
+        cfg, policy, instantiate(cfg.algorithm), instantiate(cfg.prompt), instantiate(cfg.reward), eval_rewards, run_dir
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
+    """Run the configured training; returns the last epoch's metrics."""
+    validate(cfg)
+    output_root = Path(cfg.output_root)
+    checkpoint = find_checkpoint(cfg.resume, output_root)
+    run_dir = Path(run_dir)
+    if checkpoint is not None and checkpoint.parent.name == "checkpoints":
+        run_dir = checkpoint.parent.parent  # continue the interrupted run in its own directory
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.hardware.allow_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.hardware.allow_tf32
+
+    module = build_module(cfg, run_dir)
+    loggers = [instantiate(node, save_dir=str(run_dir)) for node in cfg.logger.values()]
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="epoch={epoch:04d}", auto_insert_metric_name=False,
+        every_n_epochs=cfg.save_freq, save_last=True, monitor="epoch", mode="max", save_top_k=cfg.num_checkpoints,
+    )
+    hw = cfg.hardware
+    trainer = pl.Trainer(
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
+        precision=hw.precision, max_epochs=cfg.epochs, logger=loggers, callbacks=[checkpoints],
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=1, use_distributed_sampler=False, default_root_dir=str(run_dir),
+    )
+    if checkpoint is not None:
+        first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1
+        if trainer.is_global_zero:
+            log.info("resuming %s at epoch %d (run directory %s)", checkpoint, first_epoch, run_dir)
+            trim_metrics(run_dir / "metrics.csv", first_epoch)
+    elif cfg.resume == "auto":
+        log.info("resume=auto: no checkpoint under %s, starting a new run", output_root)
+    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+    if trainer.is_global_zero:
+        export_dir = module.policy.export(run_dir / "export")
+        log.info("exported the trained weights to %s", export_dir)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    return module.history[-1] if module.history else {}
