@@ -23,3 +23,19 @@ def load_option(group: str, name: str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"unknown {group} '{name}'; available: {', '.join(options(group))}")
     return OmegaConf.load(path)
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, but a ConfigError raised inside reaches the user unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

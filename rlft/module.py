@@ -73,6 +73,14 @@ class RLModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         self.rewards.close()
+        self.dump("weights", weights={n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad})
+
+    def dump(self, what: str, **tensors) -> None:
+        """With debug.dump_dir set, save this rank's view of a phase (for multi-process checks)."""
+        if self.cfg.debug.dump_dir:
+            path = Path(self.cfg.debug.dump_dir) / f"{what}_epoch{self.current_epoch}_rank{self.global_rank}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(tensors, path)
 
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(stream_seed(self.cfg.seed, self.global_rank, epoch, stream))
@@ -119,6 +127,8 @@ class RLModule(pl.LightningModule):
         n = len(trajectories)
         trajectories.advantages = advantages[self.global_rank * n : (self.global_rank + 1) * n]
         trajectories.global_rewards = all_rewards
+        self.dump("advantages", prompts=trajectories.prompts, rewards=trajectories.rewards.cpu(),
+                  advantages=trajectories.advantages.cpu())
 
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
         t, s = self.cfg.train, self.cfg.sample

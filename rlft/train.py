@@ -9,11 +9,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.config import load_option
+from rlft.config import build, load_option
 from rlft.errors import ConfigError
 from rlft.module import RLModule
 from rlft.policy import Policy
@@ -76,11 +75,11 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
-    components = instantiate(cfg.model.components)
+    components = build(cfg.model.components)
     policy = Policy(components, lora=cfg.model.lora, frozen_dtype=cfg.hardware.frozen_dtype)
-    eval_rewards = {name: instantiate(load_option("reward", name)) for name in cfg.eval_rewards}
+    eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
     return RLModule(
-        cfg, policy, instantiate(cfg.algorithm), instantiate(cfg.prompt), instantiate(cfg.reward), eval_rewards, run_dir
+        cfg, policy, build(cfg.algorithm), build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir
     )
 
 
@@ -97,7 +96,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     torch.backends.cudnn.allow_tf32 = cfg.hardware.allow_tf32
 
     module = build_module(cfg, run_dir)
-    loggers = [instantiate(node, save_dir=str(run_dir)) for node in cfg.logger.values()]
+    loggers = [build(node, save_dir=str(run_dir)) for node in cfg.logger.values()]
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="epoch={epoch:04d}", auto_insert_metric_name=False,
         every_n_epochs=cfg.save_freq, save_last=True, monitor="epoch", mode="max", save_top_k=cfg.num_checkpoints,
