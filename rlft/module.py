@@ -220,7 +220,8 @@ class RLModule(pl.LightningModule):
         checkpoint["rlft"] = {
             "algorithm": self.algorithm.state_dict(),
             "history": self.history,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            # plain types only, so that Lightning's weights_only loading accepts the checkpoint
+            "rng": {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
 
@@ -229,5 +230,11 @@ class RLModule(pl.LightningModule):
         self.algorithm.load_state_dict(state["algorithm"])
         self.history = list(state["history"])
         random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(state["rng"]["torch"])
+
+
+def _numpy_state() -> tuple:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return kind, keys.tolist(), int(position), int(has_gauss), float(cached)
