@@ -20,17 +20,17 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 def make_scheduler(**overrides) -> DDIMScheduler:
     """The Stable Diffusion 1.x schedule as a DDIM scheduler (scaled-linear betas, leading spacing)."""
-    config = dict(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
+    config = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+    }
     config.update(overrides)
     return DDIMScheduler(**config)
 
@@ -97,7 +97,9 @@ def ddim_step_with_logprob(
 
     if prev_sample is None:
         noise = torch.randn(
-            sample.shape, generator=generator, dtype=model_output.dtype,
+            sample.shape,
+            generator=generator,
+            dtype=model_output.dtype,
             device=generator.device if generator is not None else device,
         ).to(device)
         prev_sample = mean + std * noise

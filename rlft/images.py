@@ -31,6 +31,8 @@ def log_images(loggers, images: torch.Tensor, captions: list[str], step: int) ->
 
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key="samples", images=[Image.fromarray(p) for p in to_uint8(images)], caption=captions, step=step)
+            logger.log_image(
+                key="samples", images=[Image.fromarray(p) for p in to_uint8(images)], caption=captions, step=step
+            )
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_images("samples", images.float().clamp(0, 1), global_step=step)

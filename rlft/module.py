@@ -64,8 +64,11 @@ class RLModule(pl.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         return torch.optim.AdamW(
-            self.policy.trainable_parameters(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-            weight_decay=t.adam_weight_decay, eps=t.adam_epsilon,
+            self.policy.trainable_parameters(),
+            lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.adam_weight_decay,
+            eps=t.adam_epsilon,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -83,7 +86,9 @@ class RLModule(pl.LightningModule):
             torch.save(tensors, path)
 
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(stream_seed(self.cfg.seed, self.global_rank, epoch, stream))
+        return torch.Generator(device=self.device).manual_seed(
+            stream_seed(self.cfg.seed, self.global_rank, epoch, stream)
+        )
 
     # -- the RL epoch ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -100,12 +105,18 @@ class RLModule(pl.LightningModule):
         s = self.cfg.sample
         start = time.perf_counter()
         trajectories = rollout(
-            self.policy, self.prompts, self.rewards,
-            batch_size=s.batch_size, num_batches=s.num_batches_per_epoch, num_steps=s.num_steps,
-            guidance_scale=s.guidance_scale, eta=s.eta,
+            self.policy,
+            self.prompts,
+            self.rewards,
+            batch_size=s.batch_size,
+            num_batches=s.num_batches_per_epoch,
+            num_steps=s.num_steps,
+            guidance_scale=s.guidance_scale,
+            eta=s.eta,
             generator=self._generator(epoch, NOISE),
             rng=random.Random(stream_seed(self.cfg.seed, self.global_rank, epoch, PROMPTS)),
-            progress=self.trainer.is_global_zero, description=f"epoch {epoch} sampling",
+            progress=self.trainer.is_global_zero,
+            description=f"epoch {epoch} sampling",
         )
         timings["sampling_s"] = time.perf_counter() - start
         return trajectories
@@ -127,8 +138,12 @@ class RLModule(pl.LightningModule):
         n = len(trajectories)
         trajectories.advantages = advantages[self.global_rank * n : (self.global_rank + 1) * n]
         trajectories.global_rewards = all_rewards
-        self.dump("advantages", prompts=trajectories.prompts, rewards=trajectories.rewards.cpu(),
-                  advantages=trajectories.advantages.cpu())
+        self.dump(
+            "advantages",
+            prompts=trajectories.prompts,
+            rewards=trajectories.rewards.cpu(),
+            advantages=trajectories.advantages.cpu(),
+        )
 
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
         t, s = self.cfg.train, self.cfg.sample
@@ -141,15 +156,22 @@ class RLModule(pl.LightningModule):
         metrics: dict[str, list] = defaultdict(list)
         batches_per_inner_epoch = len(trajectories) // t.batch_size
         bar = tqdm(
-            total=t.num_inner_epochs * batches_per_inner_epoch * num_timesteps, desc=f"epoch {epoch} training",
-            disable=not self.trainer.is_global_zero, leave=False, unit="step",
+            total=t.num_inner_epochs * batches_per_inner_epoch * num_timesteps,
+            desc=f"epoch {epoch} training",
+            disable=not self.trainer.is_global_zero,
+            leave=False,
+            unit="step",
         )
         for _ in range(t.num_inner_epochs):
             batches = training_batches(trajectories, t.batch_size, num_timesteps, shuffle)
             for index, batch in enumerate(batches):
                 for j in range(num_timesteps):
                     _, log_prob = self.policy.step(
-                        batch.latents[:, j], batch.timesteps[:, j], batch.prompt_embeds, guidance, s.eta,
+                        batch.latents[:, j],
+                        batch.timesteps[:, j],
+                        batch.prompt_embeds,
+                        guidance,
+                        s.eta,
                         next_latents=batch.next_latents[:, j],
                     )
                     loss, info = self.algorithm.loss(log_prob, batch.log_probs[:, j], batch.advantages)

@@ -54,8 +54,11 @@ class Policy(nn.Module):
     # -- text -------------------------------------------------------------------------------
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         return self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
 
     @torch.no_grad()
@@ -113,8 +116,14 @@ class Policy(nn.Module):
     # -- export -----------------------------------------------------------------------------
     def pipeline(self) -> StableDiffusionPipeline:
         return StableDiffusionPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
 
     def export(self, directory: str | Path) -> Path:
@@ -140,12 +149,9 @@ class Policy(nn.Module):
         """Save the pipeline without the adapters (a fresh UNet with the base weights)."""
         base_unet = UNet2DConditionModel.from_config(self.unet.config)
         base_state = {
-            key.replace(".base_layer", ""): value
-            for key, value in self.unet.state_dict().items()
-            if "lora_" not in key
+            key.replace(".base_layer", ""): value for key, value in self.unet.state_dict().items() if "lora_" not in key
         }
         base_unet.load_state_dict(base_state)
         pipe = self.pipeline()
         pipe.unet = base_unet.to(torch.float32)
         pipe.save_pretrained(directory, safe_serialization=True)
-

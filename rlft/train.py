@@ -25,16 +25,27 @@ def validate(cfg: DictConfig) -> None:
     s, t = cfg.sample, cfg.train
     checks = [
         (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
-        (s.batch_size >= 1 and s.num_batches_per_epoch >= 1, "sample.batch_size and sample.num_batches_per_epoch must be at least 1"),
+        (
+            s.batch_size >= 1 and s.num_batches_per_epoch >= 1,
+            "sample.batch_size and sample.num_batches_per_epoch must be at least 1",
+        ),
         (s.num_steps >= 1, f"sample.num_steps={s.num_steps} must be at least 1"),
         (s.eta > 0, f"sample.eta={s.eta} must be > 0: with eta=0 the DDIM policy is deterministic and has no log-prob"),
-        (t.batch_size >= 1 and s.batch_size * s.num_batches_per_epoch % t.batch_size == 0,
-         f"train.batch_size={t.batch_size} must divide the samples per epoch per process "
-         f"(sample.batch_size * sample.num_batches_per_epoch = {s.batch_size * s.num_batches_per_epoch})"),
-        (t.gradient_accumulation_steps >= 1
-         and (s.batch_size * s.num_batches_per_epoch // t.batch_size) % t.gradient_accumulation_steps == 0,
-         f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} must divide the number of training "
-         f"minibatches per epoch ({s.batch_size * s.num_batches_per_epoch // max(t.batch_size, 1)})"),
+        (
+            t.batch_size >= 1 and s.batch_size * s.num_batches_per_epoch % t.batch_size == 0,
+            (
+                f"train.batch_size={t.batch_size} must divide the samples per epoch per process "
+                f"(sample.batch_size * sample.num_batches_per_epoch = {s.batch_size * s.num_batches_per_epoch})"
+            ),
+        ),
+        (
+            t.gradient_accumulation_steps >= 1
+            and (s.batch_size * s.num_batches_per_epoch // t.batch_size) % t.gradient_accumulation_steps == 0,
+            (
+                f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} must divide the number of training "
+                f"minibatches per epoch ({s.batch_size * s.num_batches_per_epoch // max(t.batch_size, 1)})"
+            ),
+        ),
         (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
         (t.num_inner_epochs >= 1, "train.num_inner_epochs must be at least 1"),
     ]
@@ -55,7 +66,9 @@ def find_checkpoint(resume: str | None, output_root: Path) -> Path | None:
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
     if not path.is_file():
-        raise ConfigError(f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run directory, or resume=auto")
+        raise ConfigError(
+            f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run directory, or resume=auto"
+        )
     return path
 
 
@@ -65,7 +78,10 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
         return
     with metrics_file.open(newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [r for r in reader if not r.get("epoch") or int(float(r["epoch"])) < first_epoch]
+        fields, rows = (
+            reader.fieldnames,
+            [r for r in reader if not r.get("epoch") or int(float(r["epoch"])) < first_epoch],
+        )
     tmp = metrics_file.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -78,9 +94,7 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     components = build(cfg.model.components)
     policy = Policy(components, lora=cfg.model.lora, frozen_dtype=cfg.hardware.frozen_dtype)
     eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
-    return RLModule(
-        cfg, policy, build(cfg.algorithm), build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir
-    )
+    return RLModule(cfg, policy, build(cfg.algorithm), build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
@@ -98,15 +112,31 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     module = build_module(cfg, run_dir)
     loggers = [build(node, save_dir=str(run_dir)) for node in cfg.logger.values()]
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="epoch={epoch:04d}", auto_insert_metric_name=False,
-        every_n_epochs=cfg.save_freq, save_last=True, monitor="epoch", mode="max", save_top_k=cfg.num_checkpoints,
+        dirpath=run_dir / "checkpoints",
+        filename="epoch={epoch:04d}",
+        auto_insert_metric_name=False,
+        every_n_epochs=cfg.save_freq,
+        save_last=True,
+        monitor="epoch",
+        mode="max",
+        save_top_k=cfg.num_checkpoints,
     )
     hw = cfg.hardware
     trainer = pl.Trainer(
-        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
-        precision=hw.precision, max_epochs=cfg.epochs, logger=loggers, callbacks=[checkpoints],
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, use_distributed_sampler=False, default_root_dir=str(run_dir),
+        accelerator=hw.accelerator,
+        devices=hw.devices,
+        num_nodes=hw.num_nodes,
+        strategy=hw.strategy,
+        precision=hw.precision,
+        max_epochs=cfg.epochs,
+        logger=loggers,
+        callbacks=[checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
     )
     if checkpoint is not None:
         first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1

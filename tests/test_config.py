@@ -14,8 +14,14 @@ def test_every_group_has_its_options():
     assert {"ddpo"} <= set(options("algorithm"))
     assert {"jpeg_compressibility", "jpeg_incompressibility", "brightness"} <= set(options("reward"))
     assert {
-        "imagenet_animals", "imagenet_all", "imagenet_dogs", "simple_animals", "common_animals",
-        "nouns_activities", "hpsv2_photo", "from_file",
+        "imagenet_animals",
+        "imagenet_all",
+        "imagenet_dogs",
+        "simple_animals",
+        "common_animals",
+        "nouns_activities",
+        "hpsv2_photo",
+        "from_file",
     } <= set(options("prompt"))
     assert {"tiny", "tiny_lora", "small", "sd14", "sd15"} <= set(options("model"))
     assert {"cpu", "gpu", "multi_gpu"} <= set(options("hardware"))

@@ -5,14 +5,30 @@ import torch
 from rlft.algorithms import DDPO
 from tests.conftest import run_cli
 
-SMALL = ["sample.batch_size=2", "sample.num_batches_per_epoch=2", "sample.num_steps=3",
-         "train.batch_size=2", "train.gradient_accumulation_steps=2", "prompt=simple_animals"]
+SMALL = [
+    "sample.batch_size=2",
+    "sample.num_batches_per_epoch=2",
+    "sample.num_steps=3",
+    "train.batch_size=2",
+    "train.gradient_accumulation_steps=2",
+    "prompt=simple_animals",
+]
 
 
 def test_two_process_ddp_matches_single_process_advantages(tmp_path):
     dump = tmp_path / "dump"
-    run_cli(["hardware.devices=2", "hardware.strategy=ddp", "epochs=2", f"debug.dump_dir={dump}",
-             f"output_root={tmp_path / 'out'}", "algorithm.stat_min_count=2", *SMALL], cwd=tmp_path)
+    run_cli(
+        [
+            "hardware.devices=2",
+            "hardware.strategy=ddp",
+            "epochs=2",
+            f"debug.dump_dir={dump}",
+            f"output_root={tmp_path / 'out'}",
+            "algorithm.stat_min_count=2",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
 
     reference = DDPO(stat_buffer_size=16, stat_min_count=2)  # the run's algorithm settings
     for epoch in range(2):

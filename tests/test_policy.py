@@ -22,8 +22,16 @@ def make_policy(model: str, frozen_dtype: str = "float32") -> Policy:
 def sample(policy: Policy, steps: int = 4, batches: int = 2):
     runner = RewardRunner({"train": Brightness()})
     trajectories = rollout(
-        policy, FromFile("simple_animals.txt"), runner, batch_size=3, num_batches=batches, num_steps=steps,
-        guidance_scale=5.0, eta=1.0, generator=torch.Generator().manual_seed(0), rng=random.Random(0),
+        policy,
+        FromFile("simple_animals.txt"),
+        runner,
+        batch_size=3,
+        num_batches=batches,
+        num_steps=steps,
+        guidance_scale=5.0,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(0),
+        rng=random.Random(0),
     )
     trajectories.rewards = runner.collect()["train"]
     trajectories.advantages = torch.randn(len(trajectories))
@@ -39,7 +47,12 @@ def test_importance_ratio_is_one_before_the_first_update(model):
     batch = training_batches(trajectories, batch_size=2, num_timesteps=4, generator=torch.Generator().manual_seed(1))[0]
     for j in range(4):
         _, log_prob = policy.step(
-            batch.latents[:, j], batch.timesteps[:, j], batch.prompt_embeds, 5.0, 1.0, next_latents=batch.next_latents[:, j]
+            batch.latents[:, j],
+            batch.timesteps[:, j],
+            batch.prompt_embeds,
+            5.0,
+            1.0,
+            next_latents=batch.next_latents[:, j],
         )
         ratio = torch.exp(log_prob - batch.log_probs[:, j])
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)

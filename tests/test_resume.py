@@ -11,8 +11,15 @@ import pytest
 
 from tests.conftest import run_cli
 
-ARGS = ["epochs=6", "sample.batch_size=4", "sample.num_batches_per_epoch=2", "sample.num_steps=5",
-        "train.batch_size=2", "train.gradient_accumulation_steps=2", "reward=brightness"]
+ARGS = [
+    "epochs=6",
+    "sample.batch_size=4",
+    "sample.num_batches_per_epoch=2",
+    "sample.num_steps=5",
+    "train.batch_size=2",
+    "train.gradient_accumulation_steps=2",
+    "reward=brightness",
+]
 COMPARED = ["reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "ratio"]
 
 
@@ -34,8 +41,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "rlft", *ARGS, f"output_root={interrupted}"], cwd=tmp_path,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rlft", *ARGS, f"output_root={interrupted}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not list(interrupted.glob("runs/*/checkpoints/epoch=0001.ckpt")):
         assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"

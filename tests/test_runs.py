@@ -26,17 +26,26 @@ PROMPTS = [p for p in options("prompt") if p != "from_file"]
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_one_epoch_per_prompt_set(tmp_path, prompt):
-    metrics, run_dir = run(tmp_path, [f"prompt={prompt}", "reward=brightness"])
+    metrics, _ = run(tmp_path, [f"prompt={prompt}", "reward=brightness"])
     assert metrics["samples"] == 4
 
 
 @pytest.mark.parametrize("reward", options("reward"))
 def test_one_epoch_per_reward(tmp_path, reward):
-    metrics, run_dir = run(tmp_path, [f"reward={reward}"])
+    _, run_dir = run(tmp_path, [f"reward={reward}"])
     rows = read_metrics(run_dir)
     assert len(rows) == 1 and rows[0]["epoch"] == "0"
-    for key in ("reward_mean", "reward_std", "approx_kl", "clipfrac", "loss", "images_per_s",
-                "sampling_s", "reward_s", "training_s"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "approx_kl",
+        "clipfrac",
+        "loss",
+        "images_per_s",
+        "sampling_s",
+        "reward_s",
+        "training_s",
+    ):
         assert rows[0][key] != "", key
     if reward == "jpeg_compressibility":
         assert float(rows[0]["reward_mean"]) < 0
@@ -72,12 +81,21 @@ def test_bf16_autocast_with_frozen_bf16_weights(tmp_path):
 def test_eval_rewards_logged_beside_the_training_reward(tmp_path):
     _, run_dir = run(tmp_path, ["reward=brightness", "eval_rewards=[jpeg_compressibility,jpeg_incompressibility]"])
     row = read_metrics(run_dir)[0]
-    assert float(row["eval_jpeg_compressibility_mean"]) == pytest.approx(-float(row["eval_jpeg_incompressibility_mean"]))
+    assert float(row["eval_jpeg_compressibility_mean"]) == pytest.approx(
+        -float(row["eval_jpeg_incompressibility_mean"])
+    )
 
 
 def test_inner_epochs_accumulation_and_timestep_fraction(tmp_path):
-    _, run_dir = run(tmp_path, ["train.num_inner_epochs=2", "train.batch_size=1",
-                                "train.gradient_accumulation_steps=2", "train.timestep_fraction=0.5"])
+    _, run_dir = run(
+        tmp_path,
+        [
+            "train.num_inner_epochs=2",
+            "train.batch_size=1",
+            "train.gradient_accumulation_steps=2",
+            "train.timestep_fraction=0.5",
+        ],
+    )
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     # 4 samples / batch 1 = 4 minibatches, one step per 2 of them, 2 inner epochs: 4 optimizer steps
     assert checkpoint["global_step"] == 4

@@ -1,7 +1,6 @@
 """Per-prompt advantage normalization (ALGORITHMS.md §3.1) and DDPO's advantage rule."""
 
 import numpy as np
-import pytest
 import torch
 
 from rlft.algorithms import DDPO

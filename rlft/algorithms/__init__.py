@@ -3,4 +3,4 @@
 from rlft.algorithms.base import Algorithm
 from rlft.algorithms.ddpo import DDPO, ppo_clipped_loss
 
-__all__ = ["Algorithm", "DDPO", "ppo_clipped_loss"]
+__all__ = ["DDPO", "Algorithm", "ppo_clipped_loss"]

@@ -7,7 +7,7 @@ and the stream's state can be checkpointed.
 from __future__ import annotations
 
 import random
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import inflect
@@ -17,7 +17,7 @@ from rlft.errors import ConfigError
 ASSETS = Path(__file__).parent / "assets"
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_lines(path: str) -> tuple[str, ...]:
     """Non-empty stripped lines of a shipped asset (by name) or of any file on disk (by path)."""
     candidate = Path(path).expanduser()
@@ -25,7 +25,9 @@ def read_lines(path: str) -> tuple[str, ...]:
         candidate = ASSETS / path
     if not candidate.is_file():
         shipped = ", ".join(sorted(p.name for p in ASSETS.glob("*.txt")))
-        raise ConfigError(f"prompt file '{path}' not found; give an existing path or one of the shipped files: {shipped}")
+        raise ConfigError(
+            f"prompt file '{path}' not found; give an existing path or one of the shipped files: {shipped}"
+        )
     # Empty lines are dropped: the reference loader kept them and could draw "" as a prompt.
     lines = tuple(line.strip() for line in candidate.read_text(encoding="utf-8").splitlines() if line.strip())
     if not lines:
@@ -56,11 +58,13 @@ class FromFile(PromptSource):
 
 
 class NounsActivities(PromptSource):
-    """"<a|an> <noun> <activity>" for every noun and activity, e.g. "an ant riding a bike"."""
+    """ "<a|an> <noun> <activity>" for every noun and activity, e.g. "an ant riding a bike"."""
 
     def __init__(self, nouns: str, activities: str):
         article = inflect.engine()
-        super().__init__([f"{article.a(noun)} {activity}" for noun in read_lines(nouns) for activity in read_lines(activities)])
+        super().__init__(
+            [f"{article.a(noun)} {activity}" for noun in read_lines(nouns) for activity in read_lines(activities)]
+        )
 
 
 class Manual(PromptSource):

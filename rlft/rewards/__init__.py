@@ -4,4 +4,4 @@ from rlft.rewards.base import Reward, RewardRunner
 from rlft.rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rlft.rewards.simple import Brightness
 
-__all__ = ["Reward", "RewardRunner", "JpegCompressibility", "JpegIncompressibility", "jpeg_size_kb", "Brightness"]
+__all__ = ["Brightness", "JpegCompressibility", "JpegIncompressibility", "Reward", "RewardRunner", "jpeg_size_kb"]

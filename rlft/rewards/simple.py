@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from rlft.errors import ConfigError
@@ -13,7 +15,7 @@ class Brightness(Reward):
 
     name = "brightness"
     background = True
-    CHANNELS = {"red": 0, "green": 1, "blue": 2}
+    CHANNELS: ClassVar[dict[str, int]] = {"red": 0, "green": 1, "blue": 2}
 
     def __init__(self, channel: str | None = None):
         if channel is not None and channel not in self.CHANNELS:
