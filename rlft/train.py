@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -20,8 +22,51 @@ from rlft.policy import Policy
 log = logging.getLogger("rlft")
 
 
+# Keys whose type a typo on the command line could break (e.g. epochs=ten), with their type.
+TYPED_KEYS = {
+    "epochs": int,
+    "seed": int,
+    "save_freq": int,
+    "num_checkpoints": int,
+    "sample.batch_size": int,
+    "sample.num_batches_per_epoch": int,
+    "sample.num_steps": int,
+    "sample.eta": float,
+    "sample.guidance_scale": float,
+    "sample.num_images_logged": int,
+    "train.batch_size": int,
+    "train.gradient_accumulation_steps": int,
+    "train.num_inner_epochs": int,
+    "train.timestep_fraction": float,
+    "train.cfg": bool,
+    "train.learning_rate": float,
+    "train.adam_beta1": float,
+    "train.adam_beta2": float,
+    "train.adam_weight_decay": float,
+    "train.adam_epsilon": float,
+    "train.max_grad_norm": float,
+}
+
+
+def _check_types(cfg: DictConfig) -> None:
+    for key, kind in TYPED_KEYS.items():
+        value = OmegaConf.select(cfg, key)
+        ok = (
+            isinstance(value, bool)
+            if kind is bool
+            else (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (kind is float or isinstance(value, int))
+            )
+        )
+        if not ok:
+            raise ConfigError(f"{key}={value!r} should be {'a number' if kind is float else f'an {kind.__name__}'}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject inconsistent settings before anything is built, naming the key and the fix."""
+    _check_types(cfg)
     s, t = cfg.sample, cfg.train
     checks = [
         (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
@@ -52,6 +97,15 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _quiet_known_warnings() -> None:
+    """Silence warnings that are expected in every run and say nothing about this one."""
+    # The frozen VAE / text encoder / UNet are kept in eval mode on purpose (no dropout anywhere).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
+    logging.getLogger("diffusers.models.modeling_utils").setLevel(logging.ERROR)
 
 
 def find_checkpoint(resume: str | None, output_root: Path) -> Path | None:
@@ -97,9 +151,22 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     return RLModule(cfg, policy, build(cfg.algorithm), build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir)
 
 
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers = []
+    for node in cfg.logger.values():
+        kwargs = {"save_dir": str(run_dir)}
+        if str(node.get("_target_", "")).endswith("WandbLogger"):
+            # One wandb run per rlft run directory: a resumed run continues the same wandb run.
+            run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+            kwargs.update(id=run_id, resume="allow")
+        loggers.append(build(node, **kwargs))
+    return loggers
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
+    _quiet_known_warnings()
     output_root = Path(cfg.output_root)
     checkpoint = find_checkpoint(cfg.resume, output_root)
     run_dir = Path(run_dir)
@@ -110,7 +177,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     torch.backends.cudnn.allow_tf32 = cfg.hardware.allow_tf32
 
     module = build_module(cfg, run_dir)
-    loggers = [build(node, save_dir=str(run_dir)) for node in cfg.logger.values()]
+    loggers = build_loggers(cfg, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch={epoch:04d}",

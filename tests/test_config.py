@@ -90,6 +90,19 @@ def test_bad_values_are_rejected(override, fragment):
         validate(compose_config([override]))
 
 
+@pytest.mark.parametrize("override", ["epochs=ten", "sample.eta=fast", "train.cfg=3"])
+def test_wrong_types_are_rejected(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose_config([override]))
+
+
+def test_unavailable_hardware_is_one_clear_message(tmp_path):
+    result = run_cli(["hardware=gpu", f"output_root={tmp_path}"], cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "rlft: error:" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_option_lists_the_choices(tmp_path):
     result = run_cli(["algorithm=nope"], cwd=tmp_path, check=False)
     assert result.returncode != 0

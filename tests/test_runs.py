@@ -1,6 +1,7 @@
 """One-epoch runs: every prompt set, reward and logger, mixed precision, eval rewards."""
 
 import csv
+import hashlib
 
 import pytest
 import torch
@@ -70,6 +71,8 @@ def test_wandb_logger_offline(tmp_path):
     _, run_dir = run(tmp_path, ["logger=wandb"])
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # the wandb run id is derived from the run directory, so a resumed run continues the same one
+    assert runs[0].name.endswith(hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16])
     assert (run_dir / "metrics.csv").is_file()
 
 
