@@ -102,3 +102,9 @@ def test_inner_epochs_accumulation_and_timestep_fraction(tmp_path):
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     # 4 samples / batch 1 = 4 minibatches, one step per 2 of them, 2 inner epochs: 4 optimizer steps
     assert checkpoint["global_step"] == 4
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_presets_run_one_epoch_on_the_tiny_model(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}", "model=tiny", "hardware=cpu", *FAST, f"output_root={tmp_path}"])
+    assert train(cfg, tmp_path / "run")["samples"] == 4

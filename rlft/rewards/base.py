@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -42,6 +43,7 @@ class RewardRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward")
         self._pending: list[dict[str, Future]] = []
         self.seconds = 0.0  # time spent scoring, summed over rewards and batches
+        self._lock = threading.Lock()
 
     def submit(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> None:
         futures = {}
@@ -59,7 +61,8 @@ class RewardRunner:
     def _timed(self, fn, *args):
         start = time.perf_counter()
         result = fn(*args)
-        self.seconds += time.perf_counter() - start
+        with self._lock:
+            self.seconds += time.perf_counter() - start
         return torch.as_tensor(np.asarray(result), dtype=torch.float32).reshape(-1)
 
     def collect(self) -> dict[str, torch.Tensor]:
