@@ -55,7 +55,6 @@ class RLModule(pl.LightningModule):
         self.policy = policy
         self.algorithm = algorithm
         self.prompts = prompts
-        self.reward_name = reward.name
         self.rewards = RewardRunner({"train": reward, **{f"eval_{name}": r for name, r in eval_rewards.items()}})
         self.run_dir = Path(run_dir)
         self.history: list[dict[str, float]] = []  # per-epoch metrics, also returned by rlft.train

@@ -206,7 +206,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         default_root_dir=str(run_dir),
     )
     if checkpoint is not None:
-        first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"] + 1
+        first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] + 1
         if trainer.is_global_zero:
             log.info("resuming %s at epoch %d (run directory %s)", checkpoint, first_epoch, run_dir)
             trim_metrics(run_dir / "metrics.csv", first_epoch)

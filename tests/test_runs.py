@@ -99,7 +99,7 @@ def test_inner_epochs_accumulation_and_timestep_fraction(tmp_path):
             "train.timestep_fraction=0.5",
         ],
     )
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     # 4 samples / batch 1 = 4 minibatches, one step per 2 of them, 2 inner epochs: 4 optimizer steps
     assert checkpoint["global_step"] == 4
 
