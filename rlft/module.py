@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -21,7 +20,7 @@ from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import Reward, RewardRunner
 from rlft.sampler import rollout
-from rlft.trajectories import Trajectories, training_batches
+from rlft.trajectories import Trajectories
 
 
 def stream_seed(*parts: int) -> int:
@@ -145,48 +144,31 @@ class RLModule(pl.LightningModule):
         )
 
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
-        t, s = self.cfg.train, self.cfg.sample
         start = time.perf_counter()
+        stats = self.algorithm.optimize(self, trajectories, self._generator(epoch, SHUFFLE))
+        timings["training_s"] = time.perf_counter() - start
+        return stats
+
+    # -- what algorithms use to train (the Learner protocol) ------------------------------------
+    def backpropagate(self, loss: torch.Tensor) -> None:
+        # (not `backward`: that name is a LightningModule hook)
+        self.manual_backward(loss)
+
+    def optimizer_step(self) -> None:
+        """Clip the accumulated gradients to the global norm, step, and clear them."""
         optimizer = self.optimizers()
-        num_timesteps = max(1, int(trajectories.num_steps * t.timestep_fraction))
-        accumulation = t.gradient_accumulation_steps
-        guidance = s.guidance_scale if t.cfg else 1.0
-        shuffle = self._generator(epoch, SHUFFLE)
-        metrics: dict[str, list] = defaultdict(list)
-        batches_per_inner_epoch = len(trajectories) // t.batch_size
-        bar = tqdm(
-            total=t.num_inner_epochs * batches_per_inner_epoch * num_timesteps,
-            desc=f"epoch {epoch} training",
+        self.clip_gradients(optimizer, gradient_clip_val=self.cfg.train.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def progress(self, total: int) -> tqdm:
+        return tqdm(
+            total=total,
+            desc=f"epoch {self.current_epoch} training",
             disable=not self.trainer.is_global_zero,
             leave=False,
             unit="step",
         )
-        for _ in range(t.num_inner_epochs):
-            batches = training_batches(trajectories, t.batch_size, num_timesteps, shuffle)
-            for index, batch in enumerate(batches):
-                for j in range(num_timesteps):
-                    _, log_prob = self.policy.step(
-                        batch.latents[:, j],
-                        batch.timesteps[:, j],
-                        batch.prompt_embeds,
-                        guidance,
-                        s.eta,
-                        next_latents=batch.next_latents[:, j],
-                    )
-                    loss, info = self.algorithm.loss(log_prob, batch.log_probs[:, j], batch.advantages)
-                    # The update direction is the mean over samples x timesteps of an accumulation window.
-                    self.manual_backward(loss / (accumulation * num_timesteps))
-                    metrics["loss"].append(loss.detach())
-                    for key, value in info.items():
-                        metrics[key].append(value)
-                    bar.update()
-                if (index + 1) % accumulation == 0:
-                    self.clip_gradients(optimizer, gradient_clip_val=t.max_grad_norm, gradient_clip_algorithm="norm")
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        bar.close()
-        timings["training_s"] = time.perf_counter() - start
-        return {key: torch.stack(values).float().mean().item() for key, values in metrics.items()}
 
     def report(self, trajectories: Trajectories, stats: dict, timings: dict, epoch: int) -> None:
         rewards = trajectories.global_rewards

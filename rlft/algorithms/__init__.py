@@ -1,6 +1,6 @@
-"""RL algorithms: each owns its advantage rule, its loss and its state."""
+"""RL algorithms: each owns its advantage rule, its loss, its optimization loop and its state."""
 
 from rlft.algorithms.base import Algorithm
-from rlft.algorithms.ddpo import DDPO, ppo_clipped_loss
+from rlft.algorithms.ddpo import DDPO, DDPOScoreFunction, ppo_clipped_loss, score_function_loss
 
-__all__ = ["DDPO", "Algorithm", "ppo_clipped_loss"]
+__all__ = ["DDPO", "Algorithm", "DDPOScoreFunction", "ppo_clipped_loss", "score_function_loss"]

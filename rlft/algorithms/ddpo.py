@@ -1,11 +1,13 @@
-"""DDPO with importance sampling and PPO clipping (ALGORITHMS.md §3)."""
+"""DDPO (ALGORITHMS.md §3): the PPO-clipped importance-sampling estimator, and its
+score-function special case."""
 
 from __future__ import annotations
 
 import torch
 
-from rlft.algorithms.base import Algorithm
+from rlft.algorithms.base import Algorithm, Learner, MetricMeans
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
+from rlft.trajectories import Trajectories, training_batches
 
 
 def ppo_clipped_loss(
@@ -26,7 +28,19 @@ def ppo_clipped_loss(
     return loss, metrics
 
 
+def score_function_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """REINFORCE: mean(-A * log pi). Its gradient is the clipped loss's at ratio 1."""
+    with torch.no_grad():
+        log_ratio = log_prob - old_log_prob
+        metrics = {"approx_kl": 0.5 * (log_ratio**2).mean(), "ratio": torch.exp(log_ratio).mean()}
+    return -(advantages * log_prob).mean(), metrics
+
+
 class DDPO(Algorithm):
+    """DDPO_IS: several clipped updates per round of sampling (the reference code's algorithm)."""
+
     def __init__(
         self,
         clip_range: float = 1e-4,
@@ -50,9 +64,59 @@ class DDPO(Algorithm):
     def loss(self, log_prob, old_log_prob, advantages):
         return ppo_clipped_loss(log_prob, old_log_prob, advantages, self.clip_range)
 
+    def accumulation_steps(self, learner: Learner, num_minibatches: int) -> int:
+        """Minibatches per optimizer step."""
+        return learner.cfg.train.gradient_accumulation_steps
+
+    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+        """Inner epochs; for each shuffled minibatch, for each of its K timestep columns: forward,
+        loss, backward; an optimizer step after every `accumulation` minibatches (§3.3)."""
+        t, s = learner.cfg.train, learner.cfg.sample
+        num_timesteps = max(1, int(trajectories.num_steps * t.timestep_fraction))
+        num_minibatches = len(trajectories) // t.batch_size
+        accumulation = self.accumulation_steps(learner, num_minibatches)
+        guidance = s.guidance_scale if t.cfg else 1.0
+        metrics = MetricMeans()
+        bar = learner.progress(t.num_inner_epochs * num_minibatches * num_timesteps)
+        for _ in range(t.num_inner_epochs):
+            for index, batch in enumerate(training_batches(trajectories, t.batch_size, num_timesteps, generator)):
+                for j in range(num_timesteps):
+                    _, log_prob = learner.policy.step(
+                        batch.latents[:, j],
+                        batch.timesteps[:, j],
+                        batch.prompt_embeds,
+                        guidance,
+                        s.eta,
+                        next_latents=batch.next_latents[:, j],
+                    )
+                    loss, info = self.loss(log_prob, batch.log_probs[:, j], batch.advantages)
+                    # The update direction is the mean over samples x timesteps of an accumulation window.
+                    learner.backpropagate(loss / (accumulation * num_timesteps))
+                    metrics.add(loss=loss, **info)
+                    bar.update()
+                if (index + 1) % accumulation == 0:
+                    learner.optimizer_step()
+        bar.close()
+        return metrics.means()
+
     def state_dict(self) -> dict:
         return {"tracker": self.tracker.state_dict() if self.tracker else None}
 
     def load_state_dict(self, state: dict) -> None:
         if self.tracker is not None and state.get("tracker") is not None:
             self.tracker.load_state_dict(state["tracker"])
+
+
+class DDPOScoreFunction(DDPO):
+    """DDPO_SF: the score-function estimator, fully on-policy: one optimizer step per epoch over
+    every (sample, timestep) of the epoch, whatever train.gradient_accumulation_steps says."""
+
+    def loss(self, log_prob, old_log_prob, advantages):
+        return score_function_loss(log_prob, old_log_prob, advantages)
+
+    def accumulation_steps(self, learner: Learner, num_minibatches: int) -> int:
+        if learner.cfg.train.num_inner_epochs != 1:
+            from rlft.errors import ConfigError
+
+            raise ConfigError("algorithm=ddpo_sf takes one step per round of sampling: set train.num_inner_epochs=1")
+        return num_minibatches
