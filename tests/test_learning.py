@@ -8,17 +8,24 @@ without learning is about 0.005).
 
 import csv
 
+import pytest
+
 from rlft.train import train
 from tests.conftest import compose_config
 
 MARGIN = 0.03
 
 
-def test_ddpo_raises_brightness(tmp_path):
-    cfg = compose_config(["reward=brightness", "epochs=12", f"output_root={tmp_path}"])
+def rewards_of_run(tmp_path, overrides: list[str]) -> list[float]:
+    cfg = compose_config(["reward=brightness", "epochs=12", f"output_root={tmp_path}", *overrides])
     train(cfg, tmp_path / "run")
     with (tmp_path / "run" / "metrics.csv").open() as f:
-        rewards = [float(row["reward_mean"]) for row in csv.DictReader(f)]
+        return [float(row["reward_mean"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("algorithm", ["ddpo", "ddpo_sf"])
+def test_policy_gradient_raises_brightness(tmp_path, algorithm):
+    rewards = rewards_of_run(tmp_path, [f"algorithm={algorithm}"])
     assert len(rewards) == 12
     first, last = rewards[0], sum(rewards[-3:]) / 3
     assert last > first + MARGIN, rewards

@@ -44,3 +44,29 @@ def test_gradient_vanishes_where_clipped():
     loss.backward()
     # A > 0 with ratio past 1 + eps: no gradient; A < 0 there: d/dlogp of -A*ratio/2 = ratio/2
     assert log_prob.grad.tolist() == pytest.approx([0.0, 0.75])
+
+
+def test_score_function_loss_and_its_gradient():
+    from rlft.algorithms import score_function_loss
+
+    log_prob = torch.tensor([-1.0, 0.5], requires_grad=True)
+    loss, metrics = score_function_loss(log_prob, log_prob.detach(), torch.tensor([2.0, -1.0]))
+    assert loss.item() == pytest.approx(-(2.0 * -1.0 + -1.0 * 0.5) / 2)
+    loss.backward()
+    assert log_prob.grad.tolist() == pytest.approx([-1.0, 0.5])  # -A / n
+    assert metrics["ratio"].item() == 1.0
+
+
+def test_score_function_gradient_equals_clipped_gradient_at_ratio_one():
+    from rlft.algorithms import score_function_loss
+
+    advantages = torch.tensor([1.5, -0.5, 2.0])
+    grads = []
+    for fn in (
+        lambda lp: ppo_clipped_loss(lp, lp.detach(), advantages, 1e-4)[0],
+        lambda lp: score_function_loss(lp, lp.detach(), advantages)[0],
+    ):
+        log_prob = torch.tensor([-0.3, 0.2, 0.1], requires_grad=True)
+        fn(log_prob).backward()
+        grads.append(log_prob.grad)
+    torch.testing.assert_close(grads[0], grads[1])

@@ -108,3 +108,14 @@ def test_inner_epochs_accumulation_and_timestep_fraction(tmp_path):
 def test_presets_run_one_epoch_on_the_tiny_model(tmp_path, experiment):
     cfg = compose_config([f"experiment={experiment}", "model=tiny", "hardware=cpu", *FAST, f"output_root={tmp_path}"])
     assert train(cfg, tmp_path / "run")["samples"] == 4
+
+
+def test_ddpo_sf_steps_once_per_epoch(tmp_path):
+    _, run_dir = run(tmp_path, ["algorithm=ddpo_sf", "train.batch_size=1", "train.gradient_accumulation_steps=1"])
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+
+
+@pytest.mark.parametrize("algorithm", ["rwr", "rwr_sparse"])
+def test_reward_weighted_algorithms_run(tmp_path, algorithm):
+    metrics, _ = run(tmp_path, [f"algorithm={algorithm}", "train.num_inner_epochs=2"])
+    assert metrics["loss"] > 0 and 0 < metrics["kept_fraction"] <= 1

@@ -2,5 +2,14 @@
 
 from rlft.algorithms.base import Algorithm
 from rlft.algorithms.ddpo import DDPO, DDPOScoreFunction, ppo_clipped_loss, score_function_loss
+from rlft.algorithms.rwr import FilterAndFinetune, RewardWeightedRegression
 
-__all__ = ["DDPO", "Algorithm", "DDPOScoreFunction", "ppo_clipped_loss", "score_function_loss"]
+__all__ = [
+    "DDPO",
+    "Algorithm",
+    "DDPOScoreFunction",
+    "FilterAndFinetune",
+    "RewardWeightedRegression",
+    "ppo_clipped_loss",
+    "score_function_loss",
+]

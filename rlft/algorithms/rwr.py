@@ -1,0 +1,117 @@
+"""Reward-weighted regression and filter-and-finetune (ALGORITHMS.md §4).
+
+Generation is treated as a one-step bandit: the policy is fine-tuned with the ordinary denoising
+loss on its own sampled final latents, each sample weighted by exp(beta * r) (RWR) or kept only
+when its reward is in the top percentile (RWR-sparse). The reference ran sampling and fine-tuning
+as two scripts in a bash loop; here each epoch samples, weights, then fine-tunes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rlft.algorithms.base import Algorithm, Learner, MetricMeans
+from rlft.trajectories import Trajectories
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return shifted / shifted.sum()
+
+
+def rwr_weights(rewards: np.ndarray, prompts: list[str], beta: float, per_prompt: bool) -> np.ndarray:
+    """w = N * softmax(beta * r) over the epoch (mean 1); per prompt, the softmax is taken within
+    each group of identical prompts and scaled by the group's size (mean 1 within every group)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if not per_prompt:
+        return len(rewards) * _softmax(beta * rewards)
+    weights = np.empty_like(rewards)
+    groups = np.asarray(prompts, dtype=object)
+    for prompt in dict.fromkeys(prompts):
+        members = groups == prompt
+        weights[members] = members.sum() * _softmax(beta * rewards[members])
+    return weights
+
+
+def top_percentile_weights(rewards: np.ndarray, percentile: float) -> np.ndarray:
+    """Keep r >= the q-th percentile of this epoch's rewards; kept samples share a mean weight of 1."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    kept = rewards >= np.percentile(rewards, percentile)
+    return kept / kept.mean()
+
+
+def weighted_denoising_loss(
+    learner: Learner,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    weights: torch.Tensor,
+    guidance_scale: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """mean_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 with t ~ U{0..999} and the DDPM forward
+    process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction."""
+    scheduler = learner.policy.scheduler
+    batch = latents.shape[0]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device)
+    timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
+    noisy = scheduler.add_noise(latents.float(), noise, timesteps)
+    predicted = learner.policy.predict_noise(noisy, timesteps, prompt_embeds, guidance_scale).float()
+    per_sample = ((predicted - noise) ** 2).mean(dim=tuple(range(1, noise.ndim)))
+    return (weights * per_sample).mean()
+
+
+class RewardWeightedRegression(Algorithm):
+    """RWR: exponentiated-reward weights; `temperature` is the inverse temperature beta (§4.4)."""
+
+    def __init__(self, temperature: float = 0.2, per_prompt_weights: bool = False):
+        self.beta = temperature
+        self.per_prompt = per_prompt_weights
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        weights = rwr_weights(rewards.double().cpu().numpy(), prompts, self.beta, self.per_prompt)
+        return torch.as_tensor(weights, dtype=torch.float32)
+
+    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+        t = learner.cfg.train
+        guidance = learner.cfg.sample.guidance_scale if t.cfg else 1.0
+        final_latents = trajectories.chain[:, -1]
+        num_minibatches = len(trajectories) // t.batch_size
+        metrics = MetricMeans()
+        bar = learner.progress(t.num_inner_epochs * num_minibatches)
+        for _ in range(t.num_inner_epochs):
+            order = torch.randperm(len(trajectories), generator=generator).to(final_latents.device)
+            for index in range(num_minibatches):
+                rows = order[index * t.batch_size : (index + 1) * t.batch_size]
+                loss = weighted_denoising_loss(
+                    learner,
+                    final_latents[rows],
+                    trajectories.prompt_embeds[rows],
+                    trajectories.advantages[rows],
+                    guidance,
+                    generator,
+                )
+                learner.backpropagate(loss / t.gradient_accumulation_steps)
+                metrics.add(loss=loss)
+                bar.update()
+                if (index + 1) % t.gradient_accumulation_steps == 0:
+                    learner.optimizer_step()
+        bar.close()
+        weights = trajectories.advantages
+        return {
+            **metrics.means(),
+            "weight_max": weights.max().item(),
+            "kept_fraction": (weights > 0).float().mean().item(),
+        }
+
+
+class FilterAndFinetune(RewardWeightedRegression):
+    """RWR-sparse: fine-tune only on the samples whose reward reaches the epoch's q-th percentile."""
+
+    def __init__(self, percentile: float = 90.0):
+        self.percentile = percentile
+
+    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        weights = top_percentile_weights(rewards.double().cpu().numpy(), self.percentile)
+        return torch.as_tensor(weights, dtype=torch.float32)

@@ -1,0 +1,73 @@
+"""RWR weights, sparse filtering and the weighted denoising loss (ALGORITHMS.md §4)."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from rlft.algorithms import FilterAndFinetune, RewardWeightedRegression
+from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss
+from tests.test_policy import make_policy
+
+
+def test_global_weights_are_n_times_softmax():
+    weights = rwr_weights(np.array([0.0, math.log(2.0)]), ["a", "b"], beta=1.0, per_prompt=False)
+    np.testing.assert_allclose(weights, [2 / 3, 4 / 3])
+
+
+def test_inverse_temperature_scales_the_rewards():
+    rewards = np.array([1.0, 2.0, 4.0])
+    np.testing.assert_allclose(
+        rwr_weights(rewards, ["x"] * 3, beta=0.2, per_prompt=False),
+        rwr_weights(rewards / 5, ["x"] * 3, beta=1.0, per_prompt=False),
+    )
+
+
+def test_per_prompt_weights_have_mean_one_in_every_group():
+    rng = np.random.default_rng(0)
+    prompts = ["a", "b", "a", "c", "b", "a", "c", "c", "c"]
+    weights = rwr_weights(rng.normal(size=9), prompts, beta=2.0, per_prompt=True)
+    for prompt in set(prompts):
+        group = [w for w, p in zip(weights, prompts) if p == prompt]
+        assert np.mean(group) == pytest.approx(1.0)
+    # within a group the softmax is the group's own
+    a = np.array([w for w, p in zip(weights, prompts) if p == "a"])
+    assert a.sum() == pytest.approx(3.0)
+
+
+def test_sparse_keeps_the_top_percentile():
+    rewards = np.arange(100, dtype=float)
+    weights = top_percentile_weights(rewards, 90)
+    kept = weights > 0
+    assert kept.sum() == 10 and kept[90:].all()  # the 90th percentile of 0..99 is 89.1
+    assert weights.mean() == pytest.approx(1.0)
+    assert top_percentile_weights(np.ones(8), 90).tolist() == [1.0] * 8  # ties are all kept
+
+
+def test_algorithms_return_weights_as_advantages():
+    rewards = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    assert RewardWeightedRegression(temperature=1.0).advantages(rewards, ["p"] * 4).mean().item() == pytest.approx(1)
+    assert FilterAndFinetune(percentile=50).advantages(rewards, ["p"] * 4).tolist() == [0.0, 0.0, 2.0, 2.0]
+
+
+def test_weighted_denoising_loss_matches_a_hand_computation():
+    policy = make_policy("tiny")
+    learner = SimpleNamespace(policy=policy)
+    latents = torch.randn(3, 4, 8, 8)
+    embeds = policy.encode_prompts(["a cat", "a dog", "a fox"])
+    weights = torch.tensor([0.5, 0.0, 2.5])
+    loss = weighted_denoising_loss(learner, latents, embeds, weights, 5.0, torch.Generator().manual_seed(3))
+
+    generator = torch.Generator().manual_seed(3)  # the same draws, by hand
+    t = torch.randint(0, 1000, (3,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    a = policy.scheduler.alphas_cumprod[t].reshape(3, 1, 1, 1)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        uncond = policy.unet(noisy, t, policy.negative_embedding.expand(3, -1, -1)).sample
+        cond = policy.unet(noisy, t, embeds).sample
+    guided = uncond + 5.0 * (cond - uncond)
+    expected = (weights * ((guided - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
