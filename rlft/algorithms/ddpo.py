@@ -7,6 +7,7 @@ import torch
 
 from rlft.algorithms.base import Algorithm, Learner, MetricMeans
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
+from rlft.errors import ConfigError
 from rlft.trajectories import Trajectories, training_batches
 
 
@@ -116,7 +117,5 @@ class DDPOScoreFunction(DDPO):
 
     def accumulation_steps(self, learner: Learner, num_minibatches: int) -> int:
         if learner.cfg.train.num_inner_epochs != 1:
-            from rlft.errors import ConfigError
-
             raise ConfigError("algorithm=ddpo_sf takes one step per round of sampling: set train.num_inner_epochs=1")
         return num_minibatches
