@@ -63,12 +63,18 @@ class RewardRunner:
         result = fn(*args)
         with self._lock:
             self.seconds += time.perf_counter() - start
-        return torch.as_tensor(np.asarray(result), dtype=torch.float32).reshape(-1)
+        return result
 
     def collect(self) -> dict[str, torch.Tensor]:
         """Wait for every submitted batch; returns each reward's scores concatenated in order."""
         pending, self._pending = self._pending, []
-        return {name: torch.cat([batch[name].result() for batch in pending]) for name in self.rewards}
+        # Converted to tensors here, on the calling thread: workers run no torch code.
+        return {
+            name: torch.cat(
+                [torch.as_tensor(np.asarray(b[name].result()), dtype=torch.float32).reshape(-1) for b in pending]
+            )
+            for name in self.rewards
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
