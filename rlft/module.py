@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rlft.algorithms import Algorithm
+from rlft.algorithms.base import EpochSamples
 from rlft.images import log_images, save_image_grid
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
@@ -53,21 +54,26 @@ class RLModule(pl.LightningModule):
         self.cfg = cfg
         self.policy = policy
         self.algorithm = algorithm
+        # The algorithm's own networks (TDPO's critic and image encoder) belong to this module, so
+        # that Lightning places them on the device, wraps them for DDP and checkpoints the critic.
+        self.algorithm_modules = torch.nn.ModuleDict(algorithm.modules())
         self.prompts = prompts
         self.rewards = RewardRunner({"train": reward, **{f"eval_{name}": r for name, r in eval_rewards.items()}})
         self.run_dir = Path(run_dir)
         self.history: list[dict[str, float]] = []  # per-epoch metrics, also returned by rlft.train
+        self.advantage_metrics: dict[str, float] = {}
 
     # -- Lightning plumbing ---------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.cfg.train
-        return torch.optim.AdamW(
+        policy_optimizer = torch.optim.AdamW(
             self.policy.trainable_parameters(),
             lr=t.learning_rate,
             betas=(t.adam_beta1, t.adam_beta2),
             weight_decay=t.adam_weight_decay,
             eps=t.adam_epsilon,
         )
+        return [policy_optimizer, *self.algorithm.configure_optimizers()]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=1)  # one step per epoch: the RL epoch itself
@@ -92,6 +98,7 @@ class RLModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         epoch = self.current_epoch
         self.policy.eval()  # no dropout anywhere: sampling and training must evaluate the same policy
+        self.algorithm_modules.eval()  # a critic switches its dropout on only while it trains
         timings = {}
         trajectories = self.rollout(epoch, timings)  # 1. rollout (rewards start in the background)
         self.score(trajectories, timings)  # 2. reward
@@ -115,6 +122,8 @@ class RLModule(pl.LightningModule):
             rng=random.Random(stream_seed(self.cfg.seed, self.global_rank, epoch, PROMPTS)),
             progress=self.trainer.is_global_zero,
             description=f"epoch {epoch} sampling",
+            state_encoder=self.algorithm.state_encoder(),
+            reference=self.algorithm.needs_reference,
         )
         timings["sampling_s"] = time.perf_counter() - start
         return trajectories
@@ -130,12 +139,24 @@ class RLModule(pl.LightningModule):
 
     def compute_advantages(self, trajectories: Trajectories) -> None:
         """Advantages over the whole epoch of every rank; each rank keeps the rows of its samples."""
-        all_rewards = self.gather(trajectories.rewards)
-        all_prompts = self.gather_strings(trajectories.prompts)
-        advantages = self.algorithm.advantages(all_rewards, all_prompts).to(self.device)
+        values = self.algorithm.state_values(trajectories)
+        reference = trajectories.reference_log_probs
+        samples = EpochSamples(
+            rewards=self.gather(trajectories.rewards),
+            prompts=self.gather_strings(trajectories.prompts),
+            log_probs=self.gather(trajectories.log_probs),
+            reference_log_probs=None if reference is None else self.gather(reference),
+            values=None if values is None else self.gather(values),
+        )
+        targets = self.algorithm.advantages(samples)
         n = len(trajectories)
-        trajectories.advantages = advantages[self.global_rank * n : (self.global_rank + 1) * n]
-        trajectories.global_rewards = all_rewards
+        rows = slice(self.global_rank * n, (self.global_rank + 1) * n)
+        trajectories.advantages = targets.advantages[rows].to(self.device)
+        if targets.returns is not None:
+            trajectories.returns = targets.returns[rows].to(self.device)
+        trajectories.values = values
+        trajectories.global_rewards = samples.rewards
+        self.advantage_metrics = targets.metrics
         self.dump(
             "advantages",
             prompts=trajectories.prompts,
@@ -155,11 +176,14 @@ class RLModule(pl.LightningModule):
         self.manual_backward(loss)
 
     def optimizer_step(self) -> None:
-        """Clip the accumulated gradients to the global norm, step, and clear them."""
-        optimizer = self.optimizers()
-        self.clip_gradients(optimizer, gradient_clip_val=self.cfg.train.max_grad_norm, gradient_clip_algorithm="norm")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        """Clip each model's accumulated gradients to the global norm separately, step, clear them."""
+        optimizers = self.optimizers()
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.cfg.train.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     def progress(self, total: int) -> tqdm:
         return tqdm(
@@ -177,6 +201,7 @@ class RLModule(pl.LightningModule):
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "samples": float(samples),
+            **self.advantage_metrics,
             **stats,
             **timings,
             "images_per_s": samples / max(timings["sampling_s"] + timings["reward_wait_s"], 1e-9),
@@ -191,7 +216,8 @@ class RLModule(pl.LightningModule):
         if self.trainer.is_global_zero:
             print(
                 f"epoch {epoch}: reward_mean={metrics['reward_mean']:.4f} reward_std={metrics['reward_std']:.4f} "
-                f"approx_kl={stats.get('approx_kl', 0.0):.2e} clipfrac={stats.get('clipfrac', 0.0):.3f} "
+                f"approx_kl={stats.get('approx_kl', 0.0):.2e} "
+                f"clipfrac={stats.get('clipfrac', stats.get('pg_clipfrac', 0.0)):.3f} "
                 f"sampling={timings['sampling_s']:.1f}s training={timings['training_s']:.1f}s",
                 flush=True,
             )

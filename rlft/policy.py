@@ -6,6 +6,8 @@ export, so that sampling and training evaluate the policy through the same code 
 
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,7 +25,16 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 class Policy(nn.Module):
-    def __init__(self, components: Components, lora: DictConfig | dict | None, frozen_dtype: str = "float32"):
+    def __init__(
+        self,
+        components: Components,
+        lora: DictConfig | dict | None,
+        frozen_dtype: str = "float32",
+        keep_reference: bool = False,
+    ):
+        """`keep_reference`: keep the base model as a frozen reference policy (KL regularization).
+        With LoRA that is the same UNet with its adapters disabled; with full fine-tuning, a frozen
+        copy of the UNet made before training."""
         super().__init__()
         self.unet = components.unet
         self.vae = components.vae
@@ -39,6 +50,9 @@ class Policy(nn.Module):
         # Frozen weights may live in half precision to save memory; trainable ones stay float32.
         self.vae.to(dtype)
         self.text_encoder.to(dtype)
+        self.reference_unet = None
+        if keep_reference and self.lora_config is None:
+            self.reference_unet = copy.deepcopy(self.unet).requires_grad_(False).to(dtype).eval()
         if self.lora_config is not None:
             self.unet.requires_grad_(False)
             self.unet.to(dtype)
@@ -69,13 +83,19 @@ class Policy(nn.Module):
 
     # -- the policy's action ------------------------------------------------------------------
     def predict_noise(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance_scale: float,
+        unet: nn.Module | None = None,
     ) -> torch.Tensor:
         """The guided noise prediction; one UNet call on the [unconditional; conditional] batch."""
+        unet = self.unet if unet is None else unet
         if guidance_scale <= 1.0:
-            return self.unet(latents, timesteps, prompt_embeds).sample
+            return unet(latents, timesteps, prompt_embeds).sample
         negative = self.negative_embedding.to(prompt_embeds.dtype).expand(len(latents), -1, -1)
-        out = self.unet(
+        out = unet(
             torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), torch.cat([negative, prompt_embeds])
         ).sample
         uncond, cond = out.chunk(2)
@@ -90,13 +110,33 @@ class Policy(nn.Module):
         eta: float,
         next_latents: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw (or, given `next_latents`, score) the action x_{t-1}; returns it and its log-prob."""
-        unet_dtype = next(self.unet.parameters()).dtype
-        noise_pred = self.predict_noise(latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale)
+        """Draw (or, given `next_latents`, score) the action x_{t-1}; returns it and its log-prob.
+        `reference=True` evaluates the frozen base model instead of the trained one."""
+        with self._weights(reference) as unet:
+            unet_dtype = next(unet.parameters()).dtype
+            noise_pred = self.predict_noise(
+                latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale, unet
+            )
         return ddim_step_with_logprob(
             self.scheduler, noise_pred, timesteps, latents, eta, prev_sample=next_latents, generator=generator
         )
+
+    @contextmanager
+    def _weights(self, reference: bool):
+        if not reference:
+            yield self.unet
+        elif self.reference_unet is not None:
+            yield self.reference_unet
+        elif self.lora_config is not None:
+            self.unet.disable_adapters()  # the base weights, without a second copy in memory
+            try:
+                yield self.unet
+            finally:
+                self.unet.enable_adapters()
+        else:
+            raise RuntimeError("this policy was built without keep_reference=True")
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

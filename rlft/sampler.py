@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -28,22 +29,38 @@ def rollout(
     rng: random.Random,
     progress: bool = False,
     description: str = "sampling",
+    state_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reference: bool = False,
 ) -> Trajectories:
-    """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples."""
+    """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples.
+
+    With `state_encoder`, every state x_t (pure noise included) is decoded and encoded before its
+    step (TDPO's critic input). With `reference`, the frozen reference policy also scores each
+    sampled action (KL regularization).
+    """
     device = policy.negative_embedding.device
     policy.scheduler.set_timesteps(num_steps, device=device)
     timesteps = policy.scheduler.timesteps.to(device)
     bar = tqdm(total=num_batches * num_steps, desc=description, disable=not progress, leave=False, unit="step")
-    parts: dict[str, list] = {key: [] for key in ("prompts", "metadata", "embeds", "chain", "log_probs", "images")}
+    keys = ("prompts", "metadata", "embeds", "chain", "log_probs", "images", "features", "reference_log_probs")
+    parts: dict[str, list] = {key: [] for key in keys}
     for _ in range(num_batches):
         drawn = [prompts.sample(rng) for _ in range(batch_size)]
         batch_prompts = [prompt for prompt, _ in drawn]
         embeds = policy.encode_prompts(batch_prompts)
         x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
         x = x * policy.scheduler.init_noise_sigma
-        chain, log_probs = [x], []
+        chain, log_probs, features, reference_log_probs = [x], [], [], []
         for t in timesteps:
-            x, log_prob = policy.step(x, t.expand(batch_size), embeds, guidance_scale, eta, generator=generator)
+            if state_encoder is not None:
+                features.append(state_encoder(policy.decode(x)))
+            state = x
+            x, log_prob = policy.step(state, t.expand(batch_size), embeds, guidance_scale, eta, generator=generator)
+            if reference:
+                _, reference_log_prob = policy.step(
+                    state, t.expand(batch_size), embeds, guidance_scale, eta, next_latents=x, reference=True
+                )
+                reference_log_probs.append(reference_log_prob)
             chain.append(x)
             log_probs.append(log_prob)
             bar.update()
@@ -55,6 +72,10 @@ def rollout(
         parts["chain"].append(torch.stack(chain, dim=1))
         parts["log_probs"].append(torch.stack(log_probs, dim=1))
         parts["images"].append(images)
+        if features:
+            parts["features"].append(torch.stack(features, dim=1))
+        if reference_log_probs:
+            parts["reference_log_probs"].append(torch.stack(reference_log_probs, dim=1))
     bar.close()
     total = batch_size * num_batches
     return Trajectories(
@@ -65,4 +86,6 @@ def rollout(
         chain=torch.cat(parts["chain"]),
         log_probs=torch.cat(parts["log_probs"]),
         images=torch.cat(parts["images"]),
+        state_features=torch.cat(parts["features"]) if parts["features"] else None,
+        reference_log_probs=torch.cat(parts["reference_log_probs"]) if parts["reference_log_probs"] else None,
     )

@@ -145,10 +145,16 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
+    algorithm = build(cfg.algorithm)
     components = build(cfg.model.components)
-    policy = Policy(components, lora=cfg.model.lora, frozen_dtype=cfg.hardware.frozen_dtype)
+    policy = Policy(
+        components,
+        lora=cfg.model.lora,
+        frozen_dtype=cfg.hardware.frozen_dtype,
+        keep_reference=algorithm.needs_reference,
+    )
     eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
-    return RLModule(cfg, policy, build(cfg.algorithm), build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir)
+    return RLModule(cfg, policy, algorithm, build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -22,8 +22,12 @@ class Trajectories:
     chain: torch.Tensor  # (N, T + 1, C, H, W)
     log_probs: torch.Tensor  # (N, T), behaviour log-probs of the stored actions
     images: torch.Tensor  # (N, 3, H', W') in [0, 1], on the CPU
+    state_features: torch.Tensor | None = None  # (N, T, D) embeddings of the decoded states (critic input)
+    reference_log_probs: torch.Tensor | None = None  # (N, T) the reference policy's log-probs (KL)
     rewards: torch.Tensor | None = None  # (N,) training reward of the local samples
-    advantages: torch.Tensor | None = None  # (N,) local slice of the global advantages
+    advantages: torch.Tensor | None = None  # (N,) or (N, T): local rows of the global advantages
+    values: torch.Tensor | None = None  # (N, T) critic values at sampling time
+    returns: torch.Tensor | None = None  # (N, T) critic targets
     global_rewards: torch.Tensor | None = None  # (N * ranks,) training reward of every rank, rank order
     eval_rewards: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -52,10 +56,14 @@ class TrainingBatch:
     latents: torch.Tensor  # (B, K, C, H, W)
     next_latents: torch.Tensor  # (B, K, C, H, W)
     log_probs: torch.Tensor  # (B, K)
-    advantages: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,) or (B, K)
+    state_features: torch.Tensor | None = None  # (B, K, D)
+    values: torch.Tensor | None = None  # (B, K)
+    returns: torch.Tensor | None = None  # (B, K)
 
     def __getitem__(self, index) -> TrainingBatch:
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{name: v[index] for name, v in values.items() if v is not None})
 
 
 def training_batches(
@@ -70,15 +78,19 @@ def training_batches(
     rows = order[:, None]
     columns = time_order[order]
 
-    def take(per_step: torch.Tensor) -> torch.Tensor:
-        return per_step[rows, columns]
+    def take(per_step: torch.Tensor | None) -> torch.Tensor | None:
+        return None if per_step is None else per_step[rows, columns]
 
+    advantages = trajectories.advantages
     everything = TrainingBatch(
         prompt_embeds=trajectories.prompt_embeds[order],
         timesteps=take(trajectories.timesteps),
         latents=take(trajectories.latents),
         next_latents=take(trajectories.next_latents),
         log_probs=take(trajectories.log_probs),
-        advantages=trajectories.advantages[order],
+        advantages=take(advantages) if advantages.ndim == 2 else advantages[order],
+        state_features=take(trajectories.state_features),
+        values=take(trajectories.values),
+        returns=take(trajectories.returns),
     )
     return [everything[slice(start, start + batch_size)] for start in range(0, n, batch_size)]

@@ -3,6 +3,7 @@
 import torch
 
 from rlft.algorithms import DDPO
+from rlft.algorithms.base import EpochSamples
 from tests.conftest import run_cli
 
 SMALL = [
@@ -37,7 +38,7 @@ def test_two_process_ddp_matches_single_process_advantages(tmp_path):
         assert not torch.equal(ranks[0]["rewards"], ranks[1]["rewards"])
         rewards = torch.cat([r["rewards"] for r in ranks])
         prompts = ranks[0]["prompts"] + ranks[1]["prompts"]
-        expected = reference.advantages(rewards, prompts)
+        expected = reference.advantages(EpochSamples(rewards, prompts)).advantages
         torch.testing.assert_close(torch.cat([r["advantages"] for r in ranks]), expected)
 
     # gradients were all-reduced: both ranks end with the same weights

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlft.algorithms import FilterAndFinetune, RewardWeightedRegression
+from rlft.algorithms.base import EpochSamples
 from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss
 from tests.test_policy import make_policy
 
@@ -48,8 +49,15 @@ def test_sparse_keeps_the_top_percentile():
 
 def test_algorithms_return_weights_as_advantages():
     rewards = torch.tensor([0.0, 1.0, 2.0, 3.0])
-    assert RewardWeightedRegression(temperature=1.0).advantages(rewards, ["p"] * 4).mean().item() == pytest.approx(1)
-    assert FilterAndFinetune(percentile=50).advantages(rewards, ["p"] * 4).tolist() == [0.0, 0.0, 2.0, 2.0]
+    assert RewardWeightedRegression(temperature=1.0).advantages(
+        EpochSamples(rewards, ["p"] * 4)
+    ).advantages.mean().item() == pytest.approx(1)
+    assert FilterAndFinetune(percentile=50).advantages(EpochSamples(rewards, ["p"] * 4)).advantages.tolist() == [
+        0.0,
+        0.0,
+        2.0,
+        2.0,
+    ]
 
 
 def test_weighted_denoising_loss_matches_a_hand_computation():

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from rlft.algorithms import DDPO
+from rlft.algorithms.base import EpochSamples
 from rlft.algorithms.stat_tracker import EPS, PerPromptStatTracker
 
 
@@ -41,7 +42,7 @@ def test_state_round_trip():
 def test_ddpo_without_tracking_uses_global_zscore_and_clips():
     algorithm = DDPO(per_prompt_stat_tracking=False, adv_clip_max=1.0)
     rewards = torch.tensor([0.0, 0.0, 0.0, 10.0])
-    advantages = algorithm.advantages(rewards, ["a", "b", "c", "d"])
+    advantages = algorithm.advantages(EpochSamples(rewards, ["a", "b", "c", "d"])).advantages
     raw = (rewards.double() - rewards.double().mean()) / (rewards.double().std(unbiased=False) + 1e-8)
     assert raw[3] > 1.0
     torch.testing.assert_close(advantages, raw.float().clamp(-1, 1))
@@ -49,7 +50,7 @@ def test_ddpo_without_tracking_uses_global_zscore_and_clips():
 
 def test_ddpo_state_round_trip():
     algorithm = DDPO(stat_buffer_size=8, stat_min_count=1)
-    algorithm.advantages(torch.tensor([1.0, 2.0]), ["a", "a"])
+    algorithm.advantages(EpochSamples(torch.tensor([1.0, 2.0]), ["a", "a"]))
     other = DDPO(stat_buffer_size=8, stat_min_count=1)
     other.load_state_dict(algorithm.state_dict())
     assert other.tracker.state_dict() == algorithm.tracker.state_dict()

@@ -2,13 +2,17 @@
 
 from rlft.algorithms.base import Algorithm
 from rlft.algorithms.ddpo import DDPO, DDPOScoreFunction, ppo_clipped_loss, score_function_loss
+from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.rwr import FilterAndFinetune, RewardWeightedRegression
+from rlft.algorithms.tdpo import TDPO
 
 __all__ = [
     "DDPO",
+    "TDPO",
     "Algorithm",
     "DDPOScoreFunction",
     "FilterAndFinetune",
+    "KLRegularization",
     "RewardWeightedRegression",
     "ppo_clipped_loss",
     "score_function_loss",

@@ -3,38 +3,85 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from rlft.policy import Policy
 from rlft.trajectories import Trajectories
 
 
 class Learner(Protocol):
-    """The training side of the RL module: the policy, the config and the optimizer."""
+    """The training side of the RL module: the policy, the config and the optimizers."""
 
     policy: Policy
     cfg: DictConfig
+    current_epoch: int
 
     def backpropagate(self, loss: torch.Tensor) -> None: ...
 
-    def optimizer_step(self) -> None: ...
+    def optimizer_step(self) -> None:
+        """Clip each optimizer's gradients to train.max_grad_norm, step them all, clear them."""
 
     def progress(self, total: int): ...
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Concatenate a per-rank (n, ...) tensor over ranks, in rank order."""
+
+
+@dataclass
+class EpochSamples:
+    """What advantages are computed from: the epoch's samples of every rank, in rank order."""
+
+    rewards: torch.Tensor  # (N,)
+    prompts: list[str]
+    log_probs: torch.Tensor | None = None  # (N, T) behaviour log-probs
+    reference_log_probs: torch.Tensor | None = None  # (N, T), when the algorithm asked for them
+    values: torch.Tensor | None = None  # (N, T) critic values at sampling time, for critic algorithms
+
+
+@dataclass
+class Targets:
+    """An algorithm's training targets for the epoch, over every rank's samples (rows as in EpochSamples)."""
+
+    advantages: torch.Tensor  # (N,) per sample, or (N, T) per step; weights for RWR
+    returns: torch.Tensor | None = None  # (N, T) critic targets
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class Algorithm:
     """An advantage (or weighting) rule and the epoch's optimization, with checkpointable state."""
 
-    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Rewards (N,) of the whole epoch, gathered over ranks, to advantages or weights (N,)."""
+    #: whether sampling must also score each action under the frozen reference policy (KL)
+    needs_reference: bool = False
+
+    def advantages(self, samples: EpochSamples) -> Targets:
         raise NotImplementedError
 
     def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
         """Train on this process's trajectories (advantages already set); returns mean metrics."""
         raise NotImplementedError
+
+    # -- optional parts, for algorithms with models of their own (a critic) --------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Networks the RL module must own (device placement, DDP, checkpoints)."""
+        return {}
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers besides the policy's."""
+        return []
+
+    def state_encoder(self):
+        """None, or a callable images (B, 3, H, W) in [0, 1] -> features (B, D) that sampling applies
+        to the decoded latent of every state."""
+        return
+
+    def state_values(self, trajectories: Trajectories) -> torch.Tensor | None:
+        """(n, T) values of the sampled states, or None."""
+        return None
 
     def state_dict(self) -> dict:
         return {}
@@ -51,7 +98,7 @@ class MetricMeans:
 
     def add(self, **metrics: torch.Tensor) -> None:
         for key, value in metrics.items():
-            self.values[key].append(value.detach())
+            self.values[key].append(torch.as_tensor(value).detach())
 
     def means(self) -> dict[str, float]:
         return {key: torch.stack(values).float().mean().item() for key, values in self.values.items()}

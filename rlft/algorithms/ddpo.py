@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from rlft.algorithms.base import Algorithm, Learner, MetricMeans
+from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
+from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.errors import ConfigError
 from rlft.trajectories import Trajectories, training_batches
@@ -49,18 +50,28 @@ class DDPO(Algorithm):
         per_prompt_stat_tracking: bool = True,
         stat_buffer_size: int = 16,
         stat_min_count: int = 16,
+        kl: KLRegularization | None = None,
     ):
         self.clip_range = clip_range
         self.adv_clip_max = adv_clip_max
         self.tracker = PerPromptStatTracker(stat_buffer_size, stat_min_count) if per_prompt_stat_tracking else None
+        self.kl = kl if kl is not None and kl.enabled else None
+        self.needs_reference = self.kl is not None
 
-    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        values = rewards.double().cpu().numpy()
+    def advantages(self, samples: EpochSamples) -> Targets:
+        rewards, metrics = samples.rewards.double().cpu(), {}
+        if self.kl is not None:
+            # One advantage per sample: the penalty is the sum of the per-step terms.
+            terms, metrics = self.kl.reward_terms(samples.log_probs.cpu(), samples.reference_log_probs.cpu())
+            metrics["reward_with_kl_mean"] = (rewards + terms.sum(dim=1)).mean().item()
+            rewards = rewards + terms.sum(dim=1)
+        values = rewards.numpy()
         if self.tracker is not None:
-            advantages = self.tracker.update(prompts, values)
+            advantages = self.tracker.update(samples.prompts, values)
         else:
             advantages = (values - values.mean()) / (values.std() + 1e-8)
-        return torch.as_tensor(advantages, dtype=torch.float32).clamp(-self.adv_clip_max, self.adv_clip_max)
+        advantages = torch.as_tensor(advantages, dtype=torch.float32).clamp(-self.adv_clip_max, self.adv_clip_max)
+        return Targets(advantages, metrics=metrics)
 
     def loss(self, log_prob, old_log_prob, advantages):
         return ppo_clipped_loss(log_prob, old_log_prob, advantages, self.clip_range)
@@ -101,11 +112,16 @@ class DDPO(Algorithm):
         return metrics.means()
 
     def state_dict(self) -> dict:
-        return {"tracker": self.tracker.state_dict() if self.tracker else None}
+        return {
+            "tracker": self.tracker.state_dict() if self.tracker else None,
+            "kl": self.kl.state_dict() if self.kl else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.tracker is not None and state.get("tracker") is not None:
             self.tracker.load_state_dict(state["tracker"])
+        if self.kl is not None and state.get("kl") is not None:
+            self.kl.load_state_dict(state["kl"])
 
 
 class DDPOScoreFunction(DDPO):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rlft.algorithms.base import Algorithm, Learner, MetricMeans
+from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
 from rlft.trajectories import Trajectories
 
 
@@ -69,9 +69,9 @@ class RewardWeightedRegression(Algorithm):
         self.beta = temperature
         self.per_prompt = per_prompt_weights
 
-    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        weights = rwr_weights(rewards.double().cpu().numpy(), prompts, self.beta, self.per_prompt)
-        return torch.as_tensor(weights, dtype=torch.float32)
+    def advantages(self, samples: EpochSamples) -> Targets:
+        weights = rwr_weights(samples.rewards.double().cpu().numpy(), samples.prompts, self.beta, self.per_prompt)
+        return Targets(torch.as_tensor(weights, dtype=torch.float32))
 
     def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
         t = learner.cfg.train
@@ -112,6 +112,6 @@ class FilterAndFinetune(RewardWeightedRegression):
     def __init__(self, percentile: float = 90.0):
         self.percentile = percentile
 
-    def advantages(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        weights = top_percentile_weights(rewards.double().cpu().numpy(), self.percentile)
-        return torch.as_tensor(weights, dtype=torch.float32)
+    def advantages(self, samples: EpochSamples) -> Targets:
+        weights = top_percentile_weights(samples.rewards.double().cpu().numpy(), self.percentile)
+        return Targets(torch.as_tensor(weights, dtype=torch.float32))

@@ -1,0 +1,74 @@
+"""Dormant-neuron scores and neuron resets for TDPO-R's critic (ALGORITHMS.md §5.7).
+
+Written by hand: no maintained library implements ReDo-style scoring and resets for torch
+models together with the matching AdamW moment resets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlft.algorithms.critic import Critic
+
+
+@torch.no_grad()
+def hidden_activations(critic: Critic, features: torch.Tensor) -> list[torch.Tensor]:
+    """ReLU of each hidden layer's output (eval mode): the critic has no non-linearity, so the ReLU
+    is applied only to score the neurons."""
+    was_training = critic.training
+    critic.eval()
+    outputs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _i, out: outputs.append(out.relu())) for layer in critic.hidden]
+    try:
+        critic(features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        critic.train(was_training)
+    return outputs
+
+
+def neuron_scores(activations: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer: s = mean |activation| over the samples, normalized by the layer's mean score."""
+    scores = []
+    for layer_activations in activations:
+        s = layer_activations.abs().mean(dim=0)
+        scores.append(s / (s.mean() + 1e-9))
+    return scores
+
+
+@torch.no_grad()
+def reset_neurons(
+    critic: Critic, masks: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, generator: torch.Generator
+) -> None:
+    """Re-initialise the masked neurons of each hidden layer: their incoming weight rows
+    ~ N(0, init_std), incoming biases 0, outgoing weight columns ~ N(0, init_std); and zero the
+    optimizer's moments of exactly those entries. Everything else is untouched."""
+    layers = critic.linear_layers()
+    for index, mask in enumerate(masks):
+        incoming, outgoing = layers[index], layers[index + 1]
+        rows = mask.nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            continue
+        incoming.weight[rows] = _normal((len(rows), incoming.in_features), critic.init_std, generator, incoming.weight)
+        incoming.bias[rows] = 0.0
+        outgoing.weight[:, rows] = _normal(
+            (outgoing.out_features, len(rows)), critic.init_std, generator, outgoing.weight
+        )
+        if optimizer is not None:
+            _zero_moments(optimizer, incoming.weight, lambda m, r=rows: m.index_fill_(0, r, 0.0))
+            _zero_moments(optimizer, incoming.bias, lambda m, r=rows: m.index_fill_(0, r, 0.0))
+            _zero_moments(optimizer, outgoing.weight, lambda m, r=rows: m.index_fill_(1, r, 0.0))
+
+
+def _normal(shape, std: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    values = torch.randn(shape, generator=generator, device=generator.device) * std
+    return values.to(device=like.device, dtype=like.dtype)
+
+
+def _zero_moments(optimizer: torch.optim.Optimizer, param: nn.Parameter, zero) -> None:
+    state = optimizer.state.get(param, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in state:
+            zero(state[key])

@@ -1,0 +1,97 @@
+"""Frozen image encoders: images to L2-normalized embeddings (TDPO's critic input, ALGORITHMS.md §5.1).
+
+`tiny_clip` builds a small CLIP vision tower offline with random weights (for the tiny models);
+`pretrained_clip` loads the vision tower and projection of any CLIP checkpoint (OpenAI ViT-L/14,
+PickScore, ...) from a hub id or a local directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from rlft.errors import ConfigError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageEmbedder(nn.Module):
+    """CLIP image features of images in [0, 1], preprocessed as CLIP's processor does.
+
+    The preprocessing (uint8 rounding, shortest side to the model's size with bicubic resampling,
+    centre crop, CLIP mean/std) is written with torch ops rather than CLIPImageProcessor so that it
+    runs batched on the accelerator; torch's antialiased bicubic differs from PIL's by a few 1e-3.
+    """
+
+    def __init__(self, model: CLIPVisionModelWithProjection):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.size = model.config.image_size
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.projection_dim
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = (images.float().clamp(0, 1) * 255).round() / 255  # what a uint8 image would hold
+        height, width = pixels.shape[-2:]
+        scale = self.size / min(height, width)
+        resized = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
+        if resized != (height, width):
+            pixels = F.interpolate(pixels, size=resized, mode="bicubic", antialias=True, align_corners=False)
+        top, left = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
+        pixels = pixels[..., top : top + self.size, left : left + self.size]
+        return (pixels - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        features = self.model(pixel_values=self.preprocess(images).to(dtype)).image_embeds.float()
+        return F.normalize(features, dim=-1)
+
+
+def tiny_clip(
+    seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 32, layers: int = 2, projection_dim: int = 32
+) -> ImageEmbedder:
+    """A CLIP vision tower with random weights, identical for a given seed and shape."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                image_size=image_size,
+                patch_size=patch_size,
+                hidden_size=width,
+                intermediate_size=4 * width,
+                num_hidden_layers=layers,
+                num_attention_heads=max(1, width // 16),
+                projection_dim=projection_dim,
+            )
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return ImageEmbedder(model)
+
+
+def pretrained_clip(hub_id: str, path: str | None = None) -> ImageEmbedder:
+    """The image tower of a CLIP checkpoint (e.g. openai/clip-vit-large-patch14, yuvalkirstain/PickScore_v1)."""
+    source = str(Path(path).expanduser()) if path else hub_id
+    try:
+        model = CLIPVisionModelWithProjection.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        offline = " and HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ConfigError(
+            f"cannot load the image encoder '{source}' ({type(error).__name__}: not in the local Hugging Face "
+            f"cache{offline}). Fix: run `huggingface-cli download {hub_id}` on a machine with internet access, "
+            "or pass algorithm.embedder.path=/dir/with/config.json, or use the offline "
+            "algorithm.embedder=${model.image_embedder} of model=tiny."
+        ) from error
+    return ImageEmbedder(model)
