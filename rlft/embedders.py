@@ -91,7 +91,13 @@ def pretrained_clip(hub_id: str, path: str | None = None) -> ImageEmbedder:
         raise ConfigError(
             f"cannot load the image encoder '{source}' ({type(error).__name__}: not in the local Hugging Face "
             f"cache{offline}). Fix: run `huggingface-cli download {hub_id}` on a machine with internet access, "
-            "or pass algorithm.embedder.path=/dir/with/config.json, or use the offline "
-            "algorithm.embedder=${model.image_embedder} of model=tiny."
+            "or pass algorithm.embedder.path=/a/local/copy."
         ) from error
     return ImageEmbedder(model)
+
+
+def unavailable(name: str) -> ImageEmbedder:
+    raise ConfigError(
+        f"{name} is not available in this version of rlft. Fix: give the critic another encoder, e.g. "
+        "algorithm.embedder._target_=rlft.embedders.pretrained_clip +algorithm.embedder.hub_id=openai/clip-vit-large-patch14"
+    )

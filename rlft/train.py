@@ -145,6 +145,9 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
+    # Rewards first: a reward that cannot be built is the likeliest problem and the cheapest to report.
+    reward = build(cfg.reward)
+    eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm)
     components = build(cfg.model.components)
     policy = Policy(
@@ -153,8 +156,7 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
         frozen_dtype=cfg.hardware.frozen_dtype,
         keep_reference=algorithm.needs_reference,
     )
-    eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
-    return RLModule(cfg, policy, algorithm, build(cfg.prompt), build(cfg.reward), eval_rewards, run_dir)
+    return RLModule(cfg, policy, algorithm, build(cfg.prompt), reward, eval_rewards, run_dir)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlft.config import options
+from rlft.errors import ConfigError
 from rlft.train import train
 from tests.conftest import FAST, compose_config
 
@@ -104,10 +105,54 @@ def test_inner_epochs_accumulation_and_timestep_fraction(tmp_path):
     assert checkpoint["global_step"] == 4
 
 
+# The cheap stand-ins a preset's heavy parts are swapped for: the tiny model on the CPU, a
+# programmatic reward, no out-of-domain evaluators, and the tiny model's critic encoder.
+SUBSTITUTES = [
+    "model=tiny",
+    "hardware=cpu",
+    "reward=brightness",
+    "eval_rewards=[]",
+    "num_checkpoints=1",
+    "train.num_inner_epochs=1",
+]
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_presets_run_one_epoch_on_the_tiny_model(tmp_path, experiment):
-    cfg = compose_config([f"experiment={experiment}", "model=tiny", "hardware=cpu", *FAST, f"output_root={tmp_path}"])
-    assert train(cfg, tmp_path / "run")["samples"] == 4
+    overrides = [f"experiment={experiment}", *SUBSTITUTES, *FAST, f"output_root={tmp_path}"]
+    if "embedder" in compose_config(overrides).algorithm:
+        overrides.append("algorithm.embedder=${model.image_embedder}")
+    assert train(compose_config(overrides), tmp_path / "run")["samples"] == 4
+
+
+UNAVAILABLE = {
+    "ddpo_aesthetic": "reward=aesthetic",
+    "ddpo_alignment": "reward=llava_bertscore",
+    "tdpo_aesthetic": "reward=aesthetic",
+    "tdpo_pickscore": "reward=pickscore",
+    "tdpo_hpsv2": "reward=hpsv2",
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(UNAVAILABLE))
+def test_presets_whose_reward_is_missing_stop_with_its_name(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}", "hardware=cpu", f"output_root={tmp_path}"])
+    with pytest.raises(ConfigError, match=f"{UNAVAILABLE[experiment]} .* is not available"):
+        train(cfg, tmp_path / "run")
+
+
+def test_presets_state_the_paper_settings():
+    tdpo = compose_config(["experiment=tdpo_pickscore"])
+    assert tdpo.algorithm.neuron_reset and tdpo.algorithm.embedder.hub_id == "yuvalkirstain/PickScore_v1"
+    assert (tdpo.sample.batch_size, tdpo.sample.num_batches_per_epoch, tdpo.sample.num_steps) == (8, 4, 50)
+    assert (tdpo.train.batch_size, tdpo.train.gradient_accumulation_steps, tdpo.epochs) == (1, 16, 100)
+    assert list(tdpo.eval_rewards) == ["hpsv2", "imagereward", "aesthetic"]
+    assert compose_config(["experiment=tdpo_pickscore", "algorithm=tdpo"]).algorithm.neuron_reset is False
+    rwr = compose_config(["experiment=rwr_compressibility"])
+    assert rwr.model.lora is None and rwr.algorithm.temperature == 0.2 and rwr.train.num_inner_epochs == 5
+    assert rwr.sample.batch_size * rwr.sample.num_batches_per_epoch * 8 == 10240
+    aesthetic = compose_config(["experiment=ddpo_aesthetic"])
+    assert (aesthetic.train.gradient_accumulation_steps, aesthetic.algorithm.stat_buffer_size) == (4, 32)
 
 
 def test_ddpo_sf_steps_once_per_epoch(tmp_path):
@@ -119,3 +164,36 @@ def test_ddpo_sf_steps_once_per_epoch(tmp_path):
 def test_reward_weighted_algorithms_run(tmp_path, algorithm):
     metrics, _ = run(tmp_path, [f"algorithm={algorithm}", "train.num_inner_epochs=2"])
     assert metrics["loss"] > 0 and 0 < metrics["kept_fraction"] <= 1
+
+
+@pytest.mark.parametrize("algorithm", ["tdpo", "tdpo_r"])
+def test_tdpo_steps_every_accumulation_window_of_one_column(tmp_path, algorithm):
+    metrics, run_dir = run(
+        tmp_path,
+        [
+            f"algorithm={algorithm}",
+            "algorithm.neuron_reset_freq=1",
+            "train.batch_size=1",
+            "train.gradient_accumulation_steps=2",
+        ],
+    )
+    # 4 samples / batch 1 = 4 minibatches per column, a step per 2 of them, 3 columns: 6 steps
+    # of each of the two optimizers (Lightning's global_step counts every optimizer's steps)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2 * 6
+    assert len(checkpoint["optimizer_states"]) == 2  # the policy's and the critic's
+    assert any(key.startswith("algorithm_modules.critic.") for key in checkpoint["state_dict"])
+    assert not any(key.startswith("algorithm_modules.embedder.") for key in checkpoint["state_dict"])
+    assert metrics["cf_loss"] > 0 and 0 <= metrics["dormant_fraction"] <= 1
+    assert ("reset_neurons" in metrics) == (algorithm == "tdpo_r")
+
+
+@pytest.mark.parametrize("algorithm", ["ddpo", "tdpo"])
+@pytest.mark.parametrize("model", ["tiny", "tiny_lora"])
+def test_kl_regularized_runs_log_the_kl(tmp_path, algorithm, model):
+    metrics, _ = run(
+        tmp_path,
+        [f"algorithm={algorithm}", f"model={model}", "algorithm.kl.coef=1.0", "algorithm.kl.target=0.1", "epochs=2"],
+    )
+    assert metrics["kl_coef"] != 0.2  # adapted after the first epoch
+    assert metrics["mean_kl"] != 0.0  # the policy moved away from the reference during epoch 0

@@ -8,6 +8,8 @@ as two scripts in a bash loop; here each epoch samples, weights, then fine-tunes
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -35,10 +37,9 @@ def rwr_weights(rewards: np.ndarray, prompts: list[str], beta: float, per_prompt
 
 
 def top_percentile_weights(rewards: np.ndarray, percentile: float) -> np.ndarray:
-    """Keep r >= the q-th percentile of this epoch's rewards; kept samples share a mean weight of 1."""
+    """1 for r >= the q-th percentile of this epoch's rewards, else 0 (not trained on)."""
     rewards = np.asarray(rewards, dtype=np.float64)
-    kept = rewards >= np.percentile(rewards, percentile)
-    return kept / kept.mean()
+    return (rewards >= np.percentile(rewards, percentile)).astype(np.float64)
 
 
 def weighted_denoising_loss(
@@ -74,36 +75,33 @@ class RewardWeightedRegression(Algorithm):
         return Targets(torch.as_tensor(weights, dtype=torch.float32))
 
     def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+        """num_inner_epochs shuffled passes over the samples with a non-zero weight (all of them for
+        RWR, the kept ones for RWR-sparse); an optimizer step every GA minibatches and after the last."""
         t = learner.cfg.train
         guidance = learner.cfg.sample.guidance_scale if t.cfg else 1.0
         final_latents = trajectories.chain[:, -1]
-        num_minibatches = len(trajectories) // t.batch_size
+        weights = trajectories.advantages
+        kept = weights.nonzero().squeeze(-1)
+        num_minibatches = math.ceil(len(kept) / t.batch_size)
+        accumulation = t.gradient_accumulation_steps
         metrics = MetricMeans()
         bar = learner.progress(t.num_inner_epochs * num_minibatches)
         for _ in range(t.num_inner_epochs):
-            order = torch.randperm(len(trajectories), generator=generator).to(final_latents.device)
+            order = kept[torch.randperm(len(kept), generator=generator).to(kept.device)]
             for index in range(num_minibatches):
                 rows = order[index * t.batch_size : (index + 1) * t.batch_size]
                 loss = weighted_denoising_loss(
-                    learner,
-                    final_latents[rows],
-                    trajectories.prompt_embeds[rows],
-                    trajectories.advantages[rows],
-                    guidance,
-                    generator,
+                    learner, final_latents[rows], trajectories.prompt_embeds[rows], weights[rows], guidance, generator
                 )
-                learner.backpropagate(loss / t.gradient_accumulation_steps)
+                # the mean over this accumulation window's minibatches (the last window may be short)
+                window_start = index - index % accumulation
+                learner.backpropagate(loss / min(accumulation, num_minibatches - window_start))
                 metrics.add(loss=loss)
                 bar.update()
-                if (index + 1) % t.gradient_accumulation_steps == 0:
+                if (index + 1) % accumulation == 0 or index + 1 == num_minibatches:
                     learner.optimizer_step()
         bar.close()
-        weights = trajectories.advantages
-        return {
-            **metrics.means(),
-            "weight_max": weights.max().item(),
-            "kept_fraction": (weights > 0).float().mean().item(),
-        }
+        return {**metrics.means(), "weight_max": weights.max().item(), "kept_fraction": len(kept) / len(weights)}
 
 
 class FilterAndFinetune(RewardWeightedRegression):
