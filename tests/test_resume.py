@@ -20,12 +20,18 @@ ARGS = [
     "train.gradient_accumulation_steps=2",
     "reward=brightness",
 ]
-COMPARED = ["reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "ratio"]
+COMPARED = {
+    "ddpo": ["reward_mean", "reward_std", "loss", "approx_kl", "clipfrac", "ratio"],
+    # TDPO-R resets the critic every 2 epochs: the critic, its optimizer, the running moments and
+    # the recycler's last mask all have to come back for these to match
+    "tdpo_r": ["reward_mean", "reward_std", "loss", "pg_loss", "cf_loss", "value_mean", "dormant_fraction"],
+}
+ALGORITHM_ARGS = {"ddpo": [], "tdpo_r": ["algorithm=tdpo_r", "algorithm.neuron_reset_freq=2"]}
 
 
-def metrics(run_dir):
+def metrics(run_dir, algorithm="ddpo"):
     with (run_dir / "metrics.csv").open() as f:
-        return [{k: row[k] for k in ["epoch", *COMPARED]} for row in csv.DictReader(f)]
+        return [{k: row[k] for k in ["epoch", *COMPARED[algorithm]]} for row in csv.DictReader(f)]
 
 
 def only_run(root):
@@ -33,16 +39,18 @@ def only_run(root):
     return run_dir
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("algorithm", ["ddpo", "tdpo_r"])
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, algorithm):
+    args = [*ARGS, *ALGORITHM_ARGS[algorithm]]
     straight = tmp_path / "straight"
-    run_cli([*ARGS, f"output_root={straight}"], cwd=tmp_path)
-    expected = metrics(only_run(straight))
+    run_cli([*args, f"output_root={straight}"], cwd=tmp_path)
+    expected = metrics(only_run(straight), algorithm)
     assert [row["epoch"] for row in expected] == [str(e) for e in range(6)]
 
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "rlft", *ARGS, f"output_root={interrupted}"],
+        [sys.executable, "-m", "rlft", *args, f"output_root={interrupted}"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -55,15 +63,15 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     run_dir = only_run(interrupted)
-    done = len(metrics(run_dir))
+    done = len(metrics(run_dir, algorithm))
     assert done < 6, "killed too late to test anything"
 
-    result = run_cli([*ARGS, f"output_root={interrupted}", "resume=auto"], cwd=tmp_path)
+    result = run_cli([*args, f"output_root={interrupted}", "resume=auto"], cwd=tmp_path)
     assert "resuming" in result.stdout + result.stderr
     # continued in place: the resumed invocation's own Hydra directory holds only its config and log
     others = [d for d in (interrupted / "runs").iterdir() if d != run_dir]
     assert len(others) == 1 and not (others[0] / "metrics.csv").exists()
-    assert metrics(run_dir) == expected  # every epoch, before and after the kill, identical
+    assert metrics(run_dir, algorithm) == expected  # every epoch, before and after the kill, identical
 
 
 def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
