@@ -51,3 +51,28 @@ def test_two_process_ddp_matches_single_process_advantages(tmp_path):
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3  # header + 2 epochs, written once (rank 0)
     assert ",8.0," in rows[1]  # 8 samples per epoch: 2 ranks x 2 batches x 2
+
+
+def test_two_process_tdpo_r_keeps_policy_and_critic_in_sync(tmp_path):
+    """The critic is trained through DDP too, and the neuron reset (on gathered activations, with
+    the same draws on every rank) leaves both ranks with identical weights."""
+    dump = tmp_path / "dump"
+    run_cli(
+        [
+            "hardware.devices=2",
+            "hardware.strategy=ddp",
+            "epochs=2",
+            "algorithm=tdpo_r",
+            "algorithm.neuron_reset_freq=1",
+            f"debug.dump_dir={dump}",
+            f"output_root={tmp_path / 'out'}",
+            *SMALL,
+        ],
+        cwd=tmp_path,
+    )
+    weights = [torch.load(dump / f"weights_epoch2_rank{r}.pt")["weights"] for r in range(2)]
+    assert any("critic" in name for name in weights[0])
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    assert "reset_neurons" in (run_dir / "metrics.csv").read_text().splitlines()[0]
