@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rlft.errors import ConfigError
 
@@ -25,11 +27,54 @@ def load_option(group: str, name: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a ConfigError raised inside reaches the user unwrapped."""
+_SCALARS = (bool, int, float, str)
+
+
+def _accepts(hint, value) -> bool | None:
+    """Whether `value` fits a scalar annotation; None when the annotation is not a plain scalar."""
+    if hint in _SCALARS:
+        if hint is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, hint)
+    arguments = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        scalars = [a for a in arguments if a is not type(None)]
+        if len(scalars) == 1 and scalars[0] in _SCALARS:
+            return value is None or bool(_accepts(scalars[0], value))
+    return None
+
+
+def check_argument_types(node: DictConfig, where: str) -> None:
+    """Check a node's scalar values against the annotations of the callable its `_target_` names,
+    so that `algorithm.clip_range=abc` is reported by name instead of failing deep in a loss."""
+    from hydra.utils import get_method
+
+    try:
+        target = get_method(node._target_)
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+    except (ImportError, AttributeError, NameError, TypeError, ValueError):
+        return  # a target that cannot be introspected is left to instantiate's own errors
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_argument_types(value, f"{where}.{key}")
+        elif key in hints and not isinstance(value, (DictConfig, ListConfig)) and _accepts(hints[key], value) is False:
+            expected = getattr(hints[key], "__name__", str(hints[key]))
+            raise ConfigError(f"{where}.{key}={value!r} should be of type {expected}")
+
+
+def build(node: DictConfig, where: str | None = None, **kwargs):
+    """hydra.utils.instantiate, after `check_argument_types`; a ConfigError raised inside reaches
+    the user unwrapped. `where` names the node in messages (e.g. "algorithm")."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    if where is not None and "_target_" in node:
+        check_argument_types(node, where)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as error:

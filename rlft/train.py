@@ -146,17 +146,17 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     # Rewards first: a reward that cannot be built is the likeliest problem and the cheapest to report.
-    reward = build(cfg.reward)
-    eval_rewards = {name: build(load_option("reward", name)) for name in cfg.eval_rewards}
-    algorithm = build(cfg.algorithm)
-    components = build(cfg.model.components)
+    reward = build(cfg.reward, "reward")
+    eval_rewards = {name: build(load_option("reward", name), f"eval reward {name}") for name in cfg.eval_rewards}
+    algorithm = build(cfg.algorithm, "algorithm")
+    components = build(cfg.model.components, "model.components")
     policy = Policy(
         components,
         lora=cfg.model.lora,
         frozen_dtype=cfg.hardware.frozen_dtype,
         keep_reference=algorithm.needs_reference,
     )
-    return RLModule(cfg, policy, algorithm, build(cfg.prompt), reward, eval_rewards, run_dir)
+    return RLModule(cfg, policy, algorithm, build(cfg.prompt, "prompt"), reward, eval_rewards, run_dir)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:

@@ -125,3 +125,26 @@ def test_hub_model_offline_names_the_fix(tmp_path):
 
 def test_config_dir_is_the_source_tree():
     assert (CONFIG_DIR / "train.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("algorithm.clip_range=abc", "algorithm.clip_range='abc' should be of type float"),
+        ("reward.quality=high", "reward.quality='high' should be of type int"),
+        ("algorithm.kl.penalty=kld", "algorithm.kl.penalty='kld' is not one of"),
+    ],
+)
+def test_component_arguments_are_checked_by_name(tmp_path, override, message):
+    from rlft.train import build_module
+
+    with pytest.raises(ConfigError, match=message):
+        build_module(compose_config([override]), tmp_path)
+
+
+def test_tdpo_embedder_arguments_are_checked(tmp_path):
+    from rlft.train import build_module
+
+    cfg = compose_config(["algorithm=tdpo", "model.image_embedder.layers=two"])
+    with pytest.raises(ConfigError, match=r"algorithm\.embedder\.layers='two' should be of type int"):
+        build_module(cfg, tmp_path)
