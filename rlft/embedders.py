@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from rlft.errors import ConfigError
 
@@ -21,40 +21,54 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ImageEmbedder(nn.Module):
-    """CLIP image features of images in [0, 1], preprocessed as CLIP's processor does.
+def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] to CLIP's input: uint8 rounding, shortest side to `size`
+    (bicubic, antialiased), centre crop, CLIP mean/std.
 
-    The preprocessing (uint8 rounding, shortest side to the model's size with bicubic resampling,
-    centre crop, CLIP mean/std) is written with torch ops rather than CLIPImageProcessor so that it
-    runs batched on the accelerator; torch's antialiased bicubic differs from PIL's by a few 1e-3.
+    Written with torch ops rather than CLIPImageProcessor so that it runs batched on the run's
+    device (the processor works one PIL image at a time); torch's antialiased bicubic differs from
+    PIL's by a few 1e-3.
     """
+    pixels = (images.float().clamp(0, 1) * 255).round() / 255  # what a uint8 image would hold
+    height, width = pixels.shape[-2:]
+    scale = size / min(height, width)
+    resized = (max(size, round(height * scale)), max(size, round(width * scale)))
+    if resized != (height, width):
+        pixels = F.interpolate(pixels, size=resized, mode="bicubic", antialias=True, align_corners=False)
+    top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+    pixels = pixels[..., top : top + size, left : left + size]
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+class ImageEmbedder(nn.Module):
+    """L2-normalized CLIP image features of images in [0, 1], preprocessed by `clip_preprocess`."""
 
     def __init__(self, model: CLIPVisionModelWithProjection):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.size = model.config.image_size
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_clip_model(cls, model: CLIPModel) -> ImageEmbedder:
+        """The image tower and projection of a two-tower CLIPModel."""
+        config = CLIPVisionConfig(**model.config.vision_config.to_dict())
+        config.projection_dim = model.config.projection_dim
+        tower = CLIPVisionModelWithProjection(config)
+        state = {k: v for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+        tower.load_state_dict(state)
+        return cls(tower.to(model.dtype))
 
     @property
     def dim(self) -> int:
         return self.model.config.projection_dim
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = (images.float().clamp(0, 1) * 255).round() / 255  # what a uint8 image would hold
-        height, width = pixels.shape[-2:]
-        scale = self.size / min(height, width)
-        resized = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
-        if resized != (height, width):
-            pixels = F.interpolate(pixels, size=resized, mode="bicubic", antialias=True, align_corners=False)
-        top, left = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
-        pixels = pixels[..., top : top + self.size, left : left + self.size]
-        return (pixels - self.mean) / self.std
-
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        features = self.model(pixel_values=self.preprocess(images).to(dtype)).image_embeds.float()
+        pixels = clip_preprocess(images.to(next(self.model.parameters()).device), self.size)
+        features = self.model(pixel_values=pixels.to(dtype)).image_embeds.float()
         return F.normalize(features, dim=-1)
 
 

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Before anything imports huggingface_hub, which reads these once: no test may reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig

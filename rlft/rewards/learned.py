@@ -1,0 +1,53 @@
+"""What every learned reward shares: batching, no_grad, device and dtype, and loading messages."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from rlft.errors import ConfigError
+from rlft.rewards.base import Reward
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto": this process's GPU when there is one (each DDP rank scores on its own), else the CPU."""
+    if device == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(device)
+
+
+def missing_weights(what: str, source: str, files: str, fix: str) -> ConfigError:
+    offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+    return ConfigError(f"cannot load {what} from '{source}'{offline}: it needs {files}. Fix: {fix}")
+
+
+class LearnedReward(Reward):
+    """A reward computed by networks: frozen, in eval mode, in `dtype` on `device`, scored in
+    chunks of `batch_size` images under no_grad; one float per image, returned on the CPU."""
+
+    def __init__(self, device: str = "auto", dtype: str = "float32", batch_size: int = 32):
+        if dtype not in DTYPES:
+            raise ConfigError(f"reward.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        if batch_size < 1:
+            raise ConfigError(f"reward.batch_size={batch_size} must be at least 1")
+        self.device = resolve_device(device)
+        self.dtype = DTYPES[dtype]
+        self.batch_size = batch_size
+
+    def place(self, module: nn.Module) -> nn.Module:
+        return module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+
+    def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
+        scores = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size].to(self.device)
+            scores.append(self.score_batch(chunk, list(prompts[start : start + self.batch_size])).float().cpu())
+        return torch.cat(scores)

@@ -1,0 +1,170 @@
+"""Learned rewards on tiny random weights, each checked against an independent computation of its
+formula; HPSv2's open_clip checkpoint layout against an independent open_clip-style model."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel
+
+from rlft.embedders import clip_preprocess, tiny_clip
+from rlft.errors import ConfigError
+from rlft.models import character_tokenizer
+from rlft.rewards import AestheticScore, HPSv2, PickScore
+from rlft.rewards.clip_models import tiny_clip_config, tiny_clip_towers
+from rlft.rewards.open_clip_keys import open_clip_to_transformers
+
+PROMPTS = ["a cat", "a dog riding a bike", "an owl"]
+
+
+@pytest.fixture
+def images():
+    return torch.rand(3, 3, 40, 48, generator=torch.Generator().manual_seed(0))  # not square, not 32
+
+
+def released_head_state(input_dim: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A head state dict in the released file's key layout (layers.0/2/4/6/7)."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [(input_dim, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
+    state = {}
+    for index, (a, b) in zip([0, 2, 4, 6, 7], sizes, strict=True):
+        state[f"layers.{index}.weight"] = torch.randn(b, a, generator=generator) * 0.05
+        state[f"layers.{index}.bias"] = torch.randn(b, generator=generator) * 0.05
+    return state
+
+
+def test_aesthetic_is_the_linear_head_on_the_normalized_embedding(tmp_path, images):
+    state = released_head_state(32)
+    torch.save(state, tmp_path / "head.pth")
+    reward = AestheticScore(tiny_clip(seed=1), head_path=str(tmp_path / "head.pth"), device="cpu", batch_size=2)
+    embedder = tiny_clip(seed=1)
+    x = embedder.model(pixel_values=clip_preprocess(images, 32)).image_embeds
+    x = x / x.norm(dim=-1, keepdim=True)
+    for index in (0, 2, 4, 6, 7):  # no activations between the linear layers
+        x = x @ state[f"layers.{index}.weight"].T + state[f"layers.{index}.bias"]
+    torch.testing.assert_close(reward(images, PROMPTS, [{}] * 3), x.squeeze(-1))
+
+
+def test_aesthetic_without_its_head_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"sac\+logos\+ava1-l14-linearMSE\.pth"):
+        AestheticScore(tiny_clip(), head_path=None, device="cpu")
+    with pytest.raises(ConfigError, match="improved-aesthetic-predictor"):
+        AestheticScore(tiny_clip(), head_path=str(tmp_path / "missing.pth"), device="cpu")
+
+
+@pytest.mark.parametrize("logit_scale", [True, False])
+def test_pickscore_is_the_scaled_cosine(images, logit_scale):
+    towers = tiny_clip_towers(seed=2)
+    reward = PickScore(towers, logit_scale=logit_scale, device="cpu")
+    reference = tiny_clip_towers(seed=2)
+    tokens = reference.tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    output = reference.model(input_ids=tokens.input_ids, pixel_values=clip_preprocess(images, 32))
+    expected = output.logits_per_image.diagonal()  # exp(logit scale) * cosine, by transformers' CLIP
+    if not logit_scale:
+        expected = expected / reference.model.logit_scale.exp()
+    torch.testing.assert_close(reward(images, PROMPTS, [{}] * 3), expected, rtol=1e-5, atol=1e-5)
+    assert reference.model.logit_scale.exp().item() == pytest.approx(14.28, rel=1e-3)  # CLIP's initial exp(2.6592)
+
+
+# -- an independent open_clip-style CLIP, written the way open_clip lays out its weights ---------
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)  # in_proj_weight: fused q, k, v
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            OrderedDict(c_fc=nn.Linear(width, 4 * width), gelu=nn.GELU(), c_proj=nn.Linear(4 * width, width))
+        )
+
+    def forward(self, x, mask=None):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width, layers, heads):
+        super().__init__()
+        self.resblocks = nn.ModuleList(ResidualBlock(width, heads) for _ in range(layers))
+
+    def forward(self, x, mask=None):
+        for block in self.resblocks:
+            x = block(x, mask)
+        return x
+
+
+class VisionTower(nn.Module):
+    def __init__(self, image_size, patch, width, layers, heads, embed_dim):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(width) * 0.1)
+        self.positional_embedding = nn.Parameter(torch.randn((image_size // patch) ** 2 + 1, width) * 0.1)
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.randn(width, embed_dim) * 0.1)
+
+    def forward(self, pixels):
+        x = self.conv1(pixels).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_embedding.expand(len(x), 1, -1), x], dim=1) + self.positional_embedding
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj
+
+
+class OpenClipStyle(nn.Module):
+    def __init__(self, vocab=514, context=77, width=32, layers=2, heads=2, embed_dim=32):
+        super().__init__()
+        self.visual = VisionTower(32, 8, width, layers, heads, embed_dim)
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.1)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.randn(width, embed_dim) * 0.1)
+        self.logit_scale = nn.Parameter(torch.tensor(4.6052))
+
+    def encode_text(self, ids):
+        x = self.token_embedding(ids) + self.positional_embedding
+        causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)
+        x = self.ln_final(self.transformer(x, causal))
+        return x[torch.arange(len(ids)), ids.argmax(dim=-1)] @ self.text_projection  # the end-of-text token
+
+
+def open_clip_state(seed=0):
+    torch.manual_seed(seed)
+    model = OpenClipStyle()
+    return model, model.state_dict()
+
+
+def test_open_clip_keys_convert_without_missing_or_unexpected():
+    _, state = open_clip_state()
+    assert any("in_proj_weight" in k for k in state)
+    model = CLIPModel(tiny_clip_config())
+    result = model.load_state_dict(open_clip_to_transformers(state), strict=False)
+    assert result.unexpected_keys == []
+    assert [k for k in result.missing_keys if not k.endswith("position_ids")] == []
+
+
+def test_unknown_open_clip_key_is_an_error():
+    with pytest.raises(KeyError, match="visual.extra"):
+        open_clip_to_transformers({"visual.extra": torch.zeros(1)})
+
+
+def test_hpsv2_scores_equal_the_open_clip_model(tmp_path, images):
+    reference, state = open_clip_state()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "HPS_tiny.pt")
+    reward = HPSv2(architecture="tiny", checkpoint=str(tmp_path / "HPS_tiny.pt"), device="cpu", batch_size=2)
+    ids = character_tokenizer()(PROMPTS, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        image = F.normalize(reference.visual(clip_preprocess(images, 32)), dim=-1)
+        text = F.normalize(reference.encode_text(ids), dim=-1)
+    torch.testing.assert_close(reward(images, PROMPTS, [{}] * 3), (image * text).sum(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_hpsv2_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"HPS_v2\.1_compressed\.pt"):
+        HPSv2(version="2.1", architecture="tiny", checkpoint=str(tmp_path / "nope.pt"), device="cpu")
+    with pytest.raises(ConfigError, match="reward.version='3'"):
+        HPSv2(version="3", architecture="tiny", device="cpu")
