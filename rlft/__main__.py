@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.config import CONFIG_DIR
-from rlft.errors import ConfigError
+from rlft.errors import RlftError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         metrics = train(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as error:  # bad input: one line that names the fix, no traceback
+    except RlftError as error:  # bad input or a failed service: one line that names the fix
         print(f"rlft: error: {error}", file=sys.stderr)
         sys.exit(2)
     except MisconfigurationException as error:  # Lightning cannot run the hardware/strategy asked for

@@ -6,6 +6,7 @@ from rlft.rewards.hpsv2 import HPSv2
 from rlft.rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rlft.rewards.learned import LearnedReward
 from rlft.rewards.pickscore import PickScore
+from rlft.rewards.remote import RemoteReward
 from rlft.rewards.simple import Brightness
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "JpegIncompressibility",
     "LearnedReward",
     "PickScore",
+    "RemoteReward",
     "Reward",
     "RewardRunner",
     "jpeg_size_kb",
