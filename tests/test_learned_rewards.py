@@ -12,8 +12,9 @@ from transformers import CLIPModel
 from rlft.embedders import clip_preprocess, tiny_clip
 from rlft.errors import ConfigError
 from rlft.models import character_tokenizer
-from rlft.rewards import AestheticScore, HPSv2, PickScore
+from rlft.rewards import AestheticScore, HPSv2, ImageReward, PickScore
 from rlft.rewards.clip_models import tiny_clip_config, tiny_clip_towers
+from rlft.rewards.imagereward import blip_to_transformers
 from rlft.rewards.open_clip_keys import open_clip_to_transformers
 
 PROMPTS = ["a cat", "a dog riding a bike", "an owl"]
@@ -168,3 +169,94 @@ def test_hpsv2_missing_checkpoint_names_the_file(tmp_path):
         HPSv2(version="2.1", architecture="tiny", checkpoint=str(tmp_path / "nope.pt"), device="cpu")
     with pytest.raises(ConfigError, match="reward.version='3'"):
         HPSv2(version="3", architecture="tiny", device="cpu")
+
+
+# -- ImageReward ------------------------------------------------------------------------------
+def blip_layout_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny ImageReward.pt written with BLIP's original names (vit.py, med.py) and the head's."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=generator) * 0.1
+
+    d, f, patches, vocab, positions = 32, 64, 16, 64, 64
+    state = {
+        "blip.visual_encoder.cls_token": r(1, 1, d),
+        "blip.visual_encoder.pos_embed": r(1, patches + 1, d),
+        "blip.visual_encoder.patch_embed.proj.weight": r(d, 3, 8, 8),
+        "blip.visual_encoder.patch_embed.proj.bias": r(d),
+        "blip.visual_encoder.norm.weight": 1 + r(d),
+        "blip.visual_encoder.norm.bias": r(d),
+        "blip.text_encoder.embeddings.word_embeddings.weight": r(vocab, d),
+        "blip.text_encoder.embeddings.position_embeddings.weight": r(positions, d),
+        "blip.text_encoder.embeddings.LayerNorm.weight": 1 + r(d),
+        "blip.text_encoder.embeddings.LayerNorm.bias": r(d),
+        "blip.text_encoder.embeddings.position_ids": torch.arange(positions)[None],
+        "blip.vision_proj.weight": r(16, d),  # parts of BLIP the score does not use
+        "blip.itm_head.weight": r(2, d),
+    }
+    for i in range(2):
+        block = f"blip.visual_encoder.blocks.{i}."
+        for name, shape in [("norm1", (d,)), ("norm2", (d,))]:
+            state[f"{block}{name}.weight"], state[f"{block}{name}.bias"] = 1 + r(*shape), r(*shape)
+        for name, (out, inp) in {
+            "attn.qkv": (3 * d, d),
+            "attn.proj": (d, d),
+            "mlp.fc1": (f, d),
+            "mlp.fc2": (d, f),
+        }.items():
+            state[f"{block}{name}.weight"], state[f"{block}{name}.bias"] = r(out, inp), r(out)
+        layer = f"blip.text_encoder.encoder.layer.{i}."
+        for attention in ("attention", "crossattention"):
+            for name in ("self.query", "self.key", "self.value", "output.dense"):
+                state[f"{layer}{attention}.{name}.weight"], state[f"{layer}{attention}.{name}.bias"] = r(d, d), r(d)
+            state[f"{layer}{attention}.output.LayerNorm.weight"] = 1 + r(d)
+            state[f"{layer}{attention}.output.LayerNorm.bias"] = r(d)
+        state[f"{layer}intermediate.dense.weight"], state[f"{layer}intermediate.dense.bias"] = r(f, d), r(f)
+        state[f"{layer}output.dense.weight"], state[f"{layer}output.dense.bias"] = r(d, f), r(d)
+        state[f"{layer}output.LayerNorm.weight"], state[f"{layer}output.LayerNorm.bias"] = 1 + r(d), r(d)
+    for key, value in released_head_state(d, seed).items():
+        state[f"mlp.{key}"] = value
+    return state
+
+
+def test_imagereward_checkpoint_in_blip_names_loads_completely(tmp_path):
+    state = blip_layout_checkpoint()
+    torch.save(state, tmp_path / "ImageReward.pt")
+    reward = ImageReward(architecture="tiny", checkpoint=str(tmp_path / "ImageReward.pt"), device="cpu")
+    # strict loading inside: every converted key found a parameter and every parameter was given one
+    torch.testing.assert_close(reward.vision.embeddings.class_embedding, state["blip.visual_encoder.cls_token"])
+    qkv = reward.vision.encoder.layers[1].self_attn.qkv.weight
+    torch.testing.assert_close(qkv, state["blip.visual_encoder.blocks.1.attn.qkv.weight"])
+    cross = reward.text.encoder.layer[0].crossattention.self.key.weight
+    torch.testing.assert_close(cross, state["blip.text_encoder.encoder.layer.0.crossattention.self.key.weight"])
+    with pytest.raises(KeyError, match="blip.visual_encoder.blocks.0.extra"):
+        blip_to_transformers({"blip.visual_encoder.blocks.0.extra.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_imagereward_is_the_standardized_head_on_the_cross_attended_cls(tmp_path, images, standardize):
+    state = blip_layout_checkpoint(seed=1)
+    torch.save(state, tmp_path / "ImageReward.pt")
+    reward = ImageReward(
+        architecture="tiny", checkpoint=str(tmp_path / "ImageReward.pt"), standardize=standardize, device="cpu"
+    )
+    tokens = reward.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    assert tokens.input_ids.shape == (3, 35) and (tokens.input_ids[:, 0] == reward.tokenizer.cls_token_id).all()
+    with torch.no_grad():
+        image_tokens = reward.vision(pixel_values=clip_preprocess(images, 32)).last_hidden_state
+        cls = reward.text(
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            encoder_hidden_states=image_tokens,
+        ).last_hidden_state[:, 0]
+    x = cls
+    for index in (0, 2, 4, 6, 7):
+        x = x @ state[f"mlp.layers.{index}.weight"].T + state[f"mlp.layers.{index}.bias"]
+    expected = (x.squeeze(-1) - 0.16717362830052426) / 1.0333394966054072 if standardize else x.squeeze(-1)
+    torch.testing.assert_close(reward(images, PROMPTS, [{}] * 3), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_imagereward_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"ImageReward\.pt.*THUDM/ImageReward"):
+        ImageReward(architecture="tiny", checkpoint=str(tmp_path / "nope.pt"), device="cpu")

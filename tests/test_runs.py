@@ -41,8 +41,10 @@ NEEDS_WEIGHTS = {
     "aesthetic": "openai/clip-vit-large-patch14",
     "pickscore": "yuvalkirstain/PickScore_v1",
     "hpsv2": "HPSv2 tokenizer",
+    "imagereward": r"ImageReward\.pt",
 }
-AVAILABLE_REWARDS = [r for r in options("reward") if not _unavailable(r) and r not in NEEDS_WEIGHTS]
+# (reward=remote needs a server: tests/test_reward_server.py runs it)
+AVAILABLE_REWARDS = [r for r in options("reward") if not _unavailable(r) and r not in {*NEEDS_WEIGHTS, "remote"}]
 
 
 @pytest.mark.parametrize("reward", sorted(NEEDS_WEIGHTS))
@@ -53,9 +55,14 @@ def test_learned_rewards_without_weights_name_what_is_missing(tmp_path, reward):
 
 def test_cross_reward_evaluation_with_learned_rewards(tmp_path):
     metrics, _ = run(
-        tmp_path, ["algorithm=tdpo", "reward=pickscore_tiny", "eval_rewards=[aesthetic_tiny,hpsv2_tiny,brightness]"]
+        tmp_path,
+        [
+            "algorithm=tdpo",
+            "reward=pickscore_tiny",
+            "eval_rewards=[aesthetic_tiny,hpsv2_tiny,imagereward_tiny,brightness]",
+        ],
     )
-    for name in ("aesthetic_tiny", "hpsv2_tiny", "brightness"):
+    for name in ("aesthetic_tiny", "hpsv2_tiny", "imagereward_tiny", "brightness"):
         assert f"eval_{name}_mean" in metrics and f"eval_{name}_std" in metrics
 
 

@@ -3,6 +3,7 @@
 from rlft.rewards.aesthetic import AestheticScore
 from rlft.rewards.base import Reward, RewardRunner
 from rlft.rewards.hpsv2 import HPSv2
+from rlft.rewards.imagereward import ImageReward
 from rlft.rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rlft.rewards.learned import LearnedReward
 from rlft.rewards.pickscore import PickScore
@@ -13,6 +14,7 @@ __all__ = [
     "AestheticScore",
     "Brightness",
     "HPSv2",
+    "ImageReward",
     "JpegCompressibility",
     "JpegIncompressibility",
     "LearnedReward",
