@@ -108,10 +108,3 @@ def pretrained_clip(hub_id: str, path: str | None = None) -> ImageEmbedder:
             "or pass algorithm.embedder.path=/a/local/copy."
         ) from error
     return ImageEmbedder(model)
-
-
-def unavailable(name: str) -> ImageEmbedder:
-    raise ConfigError(
-        f"{name} is not available in this version of rlft. Fix: give the critic another encoder, e.g. "
-        "algorithm.embedder._target_=rlft.embedders.pretrained_clip +algorithm.embedder.hub_id=openai/clip-vit-large-patch14"
-    )

@@ -12,9 +12,11 @@ from transformers import CLIPModel
 from rlft.embedders import clip_preprocess, tiny_clip
 from rlft.errors import ConfigError
 from rlft.models import character_tokenizer
-from rlft.rewards import AestheticScore, HPSv2, ImageReward, PickScore
+from rlft.rewards import AestheticScore, HPSv2, ImageReward, LlavaBertScore, LlavaVQA, PickScore
+from rlft.rewards.bertscore import greedy_recall
 from rlft.rewards.clip_models import tiny_clip_config, tiny_clip_towers
 from rlft.rewards.imagereward import blip_to_transformers
+from rlft.rewards.llava import tiny_bertscore, tiny_llava
 from rlft.rewards.open_clip_keys import open_clip_to_transformers
 
 PROMPTS = ["a cat", "a dog riding a bike", "an owl"]
@@ -260,3 +262,42 @@ def test_imagereward_is_the_standardized_head_on_the_cross_attended_cls(tmp_path
 def test_imagereward_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"ImageReward\.pt.*THUDM/ImageReward"):
         ImageReward(architecture="tiny", checkpoint=str(tmp_path / "nope.pt"), device="cpu")
+
+
+# -- LLaVA + BERTScore ------------------------------------------------------------------------
+def test_greedy_recall_hand_values():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert greedy_recall(reference, torch.tensor([1.0, 1.0]), torch.tensor([[2.0, 0.0]])).item() == 0.5
+    assert greedy_recall(reference, torch.tensor([0.0, 1.0]), torch.tensor([[2.0, 0.0]])).item() == 0.0
+    both = greedy_recall(reference, torch.tensor([1.0, 1.0]), torch.tensor([[1.0, 1.0]]))
+    assert both.item() == pytest.approx(2**-0.5)
+
+
+def test_bertscore_recall_skips_the_reference_special_tokens():
+    scorer = tiny_bertscore()
+    assert scorer.recall(["a cat riding"], ["a cat riding"]).item() == pytest.approx(1.0)
+    hidden, mask, special = scorer.embed(["the dog", "a cat riding a bike"])
+    ref, cand = hidden[0][mask[0]], hidden[1][mask[1]]
+    weights = (~special[0][mask[0]]).float()
+    assert weights[0] == 0 and weights[-1] == 0 and weights[1:-1].eq(1).all()  # [CLS] ... [SEP]
+    similarity = F.normalize(ref, dim=-1) @ F.normalize(cand, dim=-1).T
+    expected = similarity.max(dim=1).values[1:-1].mean()
+    torch.testing.assert_close(scorer.recall(["a cat riding a bike"], ["the dog"])[0], expected)
+
+
+def test_llava_bertscore_scores_captions_against_the_prompt_sentence(images):
+    reward = LlavaBertScore(tiny_llava(seed=5), tiny_bertscore(seed=6), device="cpu")
+    scores = reward(images, PROMPTS, [{}] * 3)
+    captions = tiny_llava(seed=5).answer(images, "Answer concisely: what is going on in this image?")
+    assert reward.last_captions == captions
+    expected = tiny_bertscore(seed=6).recall(captions, [f"The image contains {p}" for p in PROMPTS])
+    torch.testing.assert_close(scores, expected)
+
+
+def test_llava_vqa_is_the_substring_accuracy(images):
+    reward = LlavaVQA(tiny_llava(seed=5), device="cpu")
+    reply = tiny_llava(seed=5).answer(images[:1], "how many?")[0]
+    metadata = [{"questions": ["how many?", "how many?"], "answers": [reply[:2], reply + "never"]}]
+    assert reward(images[:1], ["p"], metadata).tolist() == [0.5]
+    with pytest.raises(ConfigError, match="'questions' and 'answers'"):
+        reward(images[:1], ["p"], [{}])

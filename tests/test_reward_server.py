@@ -148,3 +148,22 @@ def test_a_server_that_dies_mid_run_stops_training_with_its_checkpoint(tmp_path)
     assert "resuming" in result.stdout + result.stderr
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4  # header and every epoch once
+
+
+def test_served_llava_bertscore_equals_the_local_reward(tmp_path):
+    """The alignment reward hosted by the server (tiny LLaVA + BERT) scores as it does in-process."""
+    from rlft.rewards import LlavaBertScore
+    from rlft.rewards.llava import tiny_bertscore, tiny_llava
+
+    process, url = start_server(tmp_path, "reward=llava_bertscore_tiny")
+    try:
+        images = random_images(3, count=3)[:, :, :, :].repeat(2, axis=1).repeat(2, axis=2)[:, :32, :32]
+        prompts = ["a cat", "a dog riding a bike", "an owl"]
+        remote = RemoteReward(url=url, batch_size=2).score_uint8(images, prompts, [{}] * 3)
+    finally:
+        process.kill()
+        process.wait()
+    local = LlavaBertScore(tiny_llava(seed=5, max_new_tokens=8), tiny_bertscore(seed=6), device="cpu")
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    expected = torch.cat([local(pixels[:2], prompts[:2], [{}] * 2), local(pixels[2:], prompts[2:], [{}])])
+    np.testing.assert_allclose(remote, expected.numpy(), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ from rlft.rewards.hpsv2 import HPSv2
 from rlft.rewards.imagereward import ImageReward
 from rlft.rewards.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rlft.rewards.learned import LearnedReward
+from rlft.rewards.llava import LlavaBertScore, LlavaVQA
 from rlft.rewards.pickscore import PickScore
 from rlft.rewards.remote import RemoteReward
 from rlft.rewards.simple import Brightness
@@ -18,6 +19,8 @@ __all__ = [
     "JpegCompressibility",
     "JpegIncompressibility",
     "LearnedReward",
+    "LlavaBertScore",
+    "LlavaVQA",
     "PickScore",
     "RemoteReward",
     "Reward",
