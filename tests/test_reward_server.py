@@ -37,9 +37,9 @@ def start_server(tmp_path, *overrides) -> tuple[subprocess.Popen, str]:
     raise AssertionError("the server did not start")
 
 
-@pytest.fixture
-def server(tmp_path):
-    process, url = start_server(tmp_path, "reward=brightness")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process, url = start_server(tmp_path_factory.mktemp("server"), "reward=brightness")
     yield url
     process.kill()
     process.wait()
