@@ -2,7 +2,10 @@
 
 import csv
 
-from tests.conftest import FAST, run_cli
+import pytest
+import yaml
+
+from tests.conftest import FAST, compose_config, run_cli
 
 
 def test_multirun_over_seeds(tmp_path):
@@ -17,3 +20,56 @@ def test_multirun_over_seeds(tmp_path):
         assert (sweep / job / "export").is_dir()
         assert "seed=" + job in (sweep / job / ".hydra" / "overrides.yaml").read_text()
     assert rewards[0] != rewards[1]  # different seeds, different samples
+
+
+def test_optuna_search_maximizes_the_returned_reward(tmp_path):
+    run_cli(
+        ["-m", "hparams_search=ddpo_optuna", "hydra.sweeper.n_trials=3", *FAST, f"output_root={tmp_path}"],
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trial_rewards = []
+    for job in ("0", "1", "2"):
+        with (sweep / job / "metrics.csv").open() as f:
+            trial_rewards.append(float(list(csv.DictReader(f))[-1]["reward_mean"]))
+    assert results["best_value"] == pytest.approx(max(trial_rewards))
+    assert set(results["best_params"]) == {
+        "train.learning_rate",
+        "algorithm.clip_range",
+        "train.num_inner_epochs",
+    }
+
+
+def test_slurm_hardware_runs_through_submitit(tmp_path):
+    """hardware=slurm with submitit's local executor instead of a cluster: the job really goes
+    through submitit (pickled, started in its own process, result collected)."""
+    run_cli(
+        [
+            "-m",
+            "hardware=slurm",
+            "hydra/launcher=submitit_local",
+            "hardware.accelerator=cpu",
+            "hardware.devices=1",
+            "hardware.precision=32-true",
+            "hardware.frozen_dtype=float32",
+            "hydra.launcher.gpus_per_node=0",
+            "hydra.launcher.cpus_per_task=2",
+            "hydra.launcher.timeout_min=10",
+            *FAST,
+            f"output_root={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert list((sweep / ".submitit").glob("*/*_result.pkl"))  # submitit ran the job and kept its result
+    with (sweep / "0" / "metrics.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 1
+
+
+def test_slurm_preset_composes_for_a_cluster():
+    cfg = compose_config(["hardware=slurm", "hardware.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert (cfg.hardware.strategy, cfg.hardware.num_nodes) == ("ddp", 2)
