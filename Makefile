@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q tests $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check rlft tests
+	$(VENV)/bin/ruff check rlft tests launchers
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

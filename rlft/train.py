@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import os
 import warnings
@@ -225,4 +226,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         export_dir = module.policy.export(run_dir / "export")
         log.info("exported the trained weights to %s", export_dir)
         OmegaConf.save(cfg, run_dir / "config.yaml")
+        # the run's result, for launchers that run it in other processes (launchers/)
+        final = module.history[-1] if module.history else {}
+        (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
     return module.history[-1] if module.history else {}

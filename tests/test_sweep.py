@@ -73,3 +73,33 @@ def test_slurm_preset_composes_for_a_cluster():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
     assert (cfg.hardware.strategy, cfg.hardware.num_nodes) == ("ddp", 2)
+
+
+def test_process_group_launcher_runs_ddp_jobs_side_by_side(tmp_path):
+    """hydra/launcher=rlft_process_group: a 2-job sweep where each job is 2 gloo processes (torchrun
+    style, no Hydra re-entry), both jobs at once."""
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=rlft_process_group",
+            "hydra.launcher.processes_per_job=2",
+            "hydra.launcher.max_parallel_jobs=2",
+            "hardware.strategy=ddp",
+            "seed=0,1",
+            *FAST,
+            f"output_root={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    for job in ("0", "1"):
+        with (sweep / job / "metrics.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 1 and rows[0]["samples"] == "8.0"  # 2 ranks x 4 samples
+        assert (sweep / job / "rank1.log").is_file() and (sweep / job / "final_metrics.json").is_file()
+        assert f"seed={job}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+    # side by side: the second job had started before the first one finished
+    assert (sweep / "1" / ".hydra" / "config.yaml").stat().st_mtime < (
+        sweep / "0" / "final_metrics.json"
+    ).stat().st_mtime
+    assert "Traceback" not in result.stderr
