@@ -19,7 +19,7 @@ from rlft.algorithms.base import EpochSamples
 from rlft.images import log_images, save_image_grid
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
-from rlft.rewards import Reward, RewardRunner
+from rlft.rewards import LearnedReward, Reward, RewardRunner
 from rlft.sampler import rollout
 from rlft.trajectories import Trajectories
 
@@ -77,6 +77,11 @@ class RLModule(pl.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader([0], batch_size=1)  # one step per epoch: the RL epoch itself
+
+    def on_fit_start(self) -> None:
+        for reward in self.rewards.rewards.values():
+            if isinstance(reward, LearnedReward) and reward.follows_run_device:
+                reward.move_to(self.device)  # this rank's device, now that Lightning has set it
 
     def on_fit_end(self) -> None:
         self.rewards.close()

@@ -35,11 +35,21 @@ class LearnedReward(Reward):
         if batch_size < 1:
             raise ConfigError(f"reward.batch_size={batch_size} must be at least 1")
         self.device = resolve_device(device)
+        self.follows_run_device = device == "auto"
         self.dtype = DTYPES[dtype]
         self.batch_size = batch_size
+        self.modules: list[nn.Module] = []
 
-    def place(self, module: nn.Module) -> nn.Module:
-        return module.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+    def place(self, module: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+        self.modules.append(module)
+        return module.to(device=self.device, dtype=dtype or self.dtype).eval().requires_grad_(False)
+
+    def move_to(self, device: torch.device) -> None:
+        """Follow the run's device: with device=auto the reward is built before Lightning has given
+        each DDP rank its GPU, so the RL module moves it once training starts."""
+        for module in self.modules:
+            module.to(device)
+        self.device = torch.device(device)
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError

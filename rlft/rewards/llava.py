@@ -161,7 +161,7 @@ class LlavaBertScore(LearnedReward):
         if "{prompt}" not in reference:
             raise ConfigError(f"reward.reference={reference!r} must contain {{prompt}}")
         llava.model = self.place(llava.model)
-        bertscore.model = bertscore.model.to(self.device).eval()
+        bertscore.model = self.place(bertscore.model, dtype=torch.float32)
         self.llava, self.bertscore = llava, bertscore
         self.question, self.reference = question, reference
         self.last_captions: list[str] = []
