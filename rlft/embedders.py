@@ -76,9 +76,8 @@ def tiny_clip(
     seed: int = 0, image_size: int = 32, patch_size: int = 8, width: int = 32, layers: int = 2, projection_dim: int = 32
 ) -> ImageEmbedder:
     """A CLIP vision tower with random weights, identical for a given seed and shape."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
         model = CLIPVisionModelWithProjection(
             CLIPVisionConfig(
                 image_size=image_size,
@@ -90,8 +89,6 @@ def tiny_clip(
                 projection_dim=projection_dim,
             )
         )
-    finally:
-        torch.random.set_rng_state(state)
     return ImageEmbedder(model)
 
 

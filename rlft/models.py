@@ -73,9 +73,8 @@ def build_offline(
 ) -> Components:
     """A Stable-Diffusion-shaped model with random weights, identical for a given seed and shape."""
     tokenizer = character_tokenizer()
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
@@ -115,8 +114,6 @@ def build_offline(
             norm_num_groups=vae_norm_groups,
             sample_size=resolution,
         )
-    finally:
-        torch.random.set_rng_state(generator_state)
     return Components(unet, vae, text_encoder, tokenizer, make_scheduler())
 
 

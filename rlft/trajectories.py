@@ -94,3 +94,16 @@ def training_batches(
         returns=take(trajectories.returns),
     )
     return [everything[slice(start, start + batch_size)] for start in range(0, n, batch_size)]
+
+
+def rescore(policy, batch: TrainingBatch, column: int, guidance_scale: float, eta: float) -> torch.Tensor:
+    """The current policy's log-prob (B,) of the stored actions in one timestep column of a batch."""
+    _, log_prob = policy.step(
+        batch.latents[:, column],
+        batch.timesteps[:, column],
+        batch.prompt_embeds,
+        guidance_scale,
+        eta,
+        next_latents=batch.next_latents[:, column],
+    )
+    return log_prob

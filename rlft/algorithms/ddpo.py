@@ -9,18 +9,26 @@ from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, 
 from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.errors import ConfigError
-from rlft.trajectories import Trajectories, training_batches
+from rlft.trajectories import Trajectories, rescore, training_batches
+
+
+def clipped_surrogate(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, ...]:
+    """mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))), with the terms its metrics use:
+    (loss, log_ratio, ratio, unclipped, clipped)."""
+    log_ratio = log_prob - old_log_prob
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), log_ratio, ratio, unclipped, clipped
 
 
 def ppo_clipped_loss(
     log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))."""
-    log_ratio = log_prob - old_log_prob
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    """The clipped surrogate with DDPO's diagnostics (approx_kl = 1/2 mean(log_ratio^2))."""
+    loss, log_ratio, ratio, _, _ = clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)
     with torch.no_grad():
         metrics = {
             "approx_kl": 0.5 * (log_ratio**2).mean(),
@@ -93,14 +101,7 @@ class DDPO(Algorithm):
         for _ in range(t.num_inner_epochs):
             for index, batch in enumerate(training_batches(trajectories, t.batch_size, num_timesteps, generator)):
                 for j in range(num_timesteps):
-                    _, log_prob = learner.policy.step(
-                        batch.latents[:, j],
-                        batch.timesteps[:, j],
-                        batch.prompt_embeds,
-                        guidance,
-                        s.eta,
-                        next_latents=batch.next_latents[:, j],
-                    )
+                    log_prob = rescore(learner.policy, batch, j, guidance, s.eta)
                     loss, info = self.loss(log_prob, batch.log_probs[:, j], batch.advantages)
                     # The update direction is the mean over samples x timesteps of an accumulation window.
                     learner.backpropagate(loss / (accumulation * num_timesteps))

@@ -9,13 +9,14 @@ import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
 from rlft.algorithms.critic import Critic
+from rlft.algorithms.ddpo import clipped_surrogate
 from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.recycler import hidden_activations, neuron_scores, reset_neurons
 from rlft.algorithms.running_moments import RunningMoments
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.embedders import ImageEmbedder
 from rlft.errors import ConfigError
-from rlft.trajectories import Trajectories, training_batches
+from rlft.trajectories import Trajectories, rescore, training_batches
 
 
 def discounted_returns(final_rewards: torch.Tensor, num_steps: int, gamma: float, step_terms=None) -> torch.Tensor:
@@ -43,11 +44,7 @@ def clipped_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DDPO's clipped surrogate with TDPO's diagnostics: the k3 KL estimate and the fraction of
     samples where the clipped term is the larger loss."""
-    log_ratio = log_prob - old_log_prob
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    loss, log_ratio, ratio, unclipped, clipped = clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)
     with torch.no_grad():
         metrics = {
             "approx_kl": ((ratio - 1) - log_ratio).mean(),
@@ -193,14 +190,7 @@ class TDPO(Algorithm):
             micro_steps = 0
             for j in range(num_timesteps):
                 for batch in batches:
-                    _, log_prob = learner.policy.step(
-                        batch.latents[:, j],
-                        batch.timesteps[:, j],
-                        batch.prompt_embeds,
-                        guidance,
-                        s.eta,
-                        next_latents=batch.next_latents[:, j],
-                    )
+                    log_prob = rescore(learner.policy, batch, j, guidance, s.eta)
                     pg_loss, info = clipped_policy_loss(
                         log_prob, batch.log_probs[:, j], batch.advantages[:, j], self.clip_range
                     )

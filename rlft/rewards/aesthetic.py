@@ -65,10 +65,9 @@ class AestheticScore(LearnedReward):
                 )
             head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         elif random_head_seed is not None:
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(random_head_seed)
-            head = AestheticHead(embedder.dim)
-            torch.random.set_rng_state(generator_state)
+            with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+                torch.manual_seed(random_head_seed)
+                head = AestheticHead(embedder.dim)
         else:
             raise ConfigError(
                 f"reward.head_path is not set: the aesthetic reward needs {HEAD_FILE} from "

@@ -74,12 +74,9 @@ def tiny_clip_config(
 
 def tiny_clip_towers(seed: int = 0, **config) -> ClipTowers:
     """A CLIP model with random weights (identical for a seed) and the byte-level tokenizer."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
         model = CLIPModel(tiny_clip_config(**config))
-    finally:
-        torch.random.set_rng_state(state)
     return ClipTowers(model, character_tokenizer())
 
 

@@ -92,10 +92,9 @@ class HPSv2(LearnedReward):
         else:
             clip_tokenizer = load_clip_tokenizer(tokenizer, "the HPSv2 tokenizer")
         path = self._checkpoint(version, checkpoint) if checkpoint or architecture != "tiny" else None
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        model = CLIPModel(vit_h_14_config() if architecture == "ViT-H-14" else tiny_clip_config())
-        torch.random.set_rng_state(state)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+            torch.manual_seed(seed)
+            model = CLIPModel(vit_h_14_config() if architecture == "ViT-H-14" else tiny_clip_config())
         if path is not None:
             load_open_clip_checkpoint(model, path)
         self.towers = ClipTowers(self.place(model), clip_tokenizer)

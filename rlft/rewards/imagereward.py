@@ -121,11 +121,10 @@ class ImageReward(LearnedReward):
         path = self._checkpoint(checkpoint) if checkpoint or architecture != "tiny" else None
         self.tokenizer = tiny_bert_tokenizer() if architecture == "tiny" else self._tokenizer(tokenizer)
         vision_config, text_config = blip_configs(architecture)
-        state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False)
-        head = AestheticHead(text_config.hidden_size)  # the same linear head shape, keys layers.0/2/4/6/7
-        torch.random.set_rng_state(state)
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+            torch.manual_seed(seed)
+            vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False)
+            head = AestheticHead(text_config.hidden_size)  # the same linear head shape, keys layers.0/2/4/6/7
         if path is not None:
             parts = blip_to_transformers(torch.load(path, map_location="cpu", weights_only=True))
             for module, part in ((vision, "vision"), (text, "text"), (head, "head")):

@@ -114,12 +114,9 @@ def tiny_llava(seed: int = 0, max_new_tokens: int = 8) -> LlavaCaptioner:
         ).to_dict(),
         image_token_index=image_token,
     )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
-    finally:
-        torch.random.set_rng_state(state)
     return LlavaCaptioner(model, tokenizer, max_new_tokens)
 
 
@@ -132,12 +129,9 @@ def tiny_bertscore(seed: int = 0, layer: int = 2) -> BertScore:
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
-    finally:
-        torch.random.set_rng_state(state)
     return BertScore(model, tokenizer, layer)
 
 
