@@ -22,6 +22,7 @@ from rlft.prompts import PromptSource
 from rlft.rewards import LearnedReward, Reward, RewardRunner
 from rlft.sampler import rollout
 from rlft.trajectories import Trajectories
+from rlft.xla import compile_count, is_xla, sync
 
 
 def stream_seed(*parts: int) -> int:
@@ -95,9 +96,9 @@ class RLModule(pl.LightningModule):
             torch.save(tensors, path)
 
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(
-            stream_seed(self.cfg.seed, self.global_rank, epoch, stream)
-        )
+        # XLA has no device generators: draw on the host and transfer (the draws are graph inputs).
+        device = "cpu" if is_xla(self.device) else self.device
+        return torch.Generator(device=device).manual_seed(stream_seed(self.cfg.seed, self.global_rank, epoch, stream))
 
     # -- the RL epoch ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -172,6 +173,7 @@ class RLModule(pl.LightningModule):
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
         start = time.perf_counter()
         stats = self.algorithm.optimize(self, trajectories, self._generator(epoch, SHUFFLE))
+        sync(self.device)  # on XLA: run what the epoch left pending (e.g. a neuron reset) inside it
         timings["training_s"] = time.perf_counter() - start
         return stats
 
@@ -179,6 +181,7 @@ class RLModule(pl.LightningModule):
     def backpropagate(self, loss: torch.Tensor) -> None:
         # (not `backward`: that name is a LightningModule hook)
         self.manual_backward(loss)
+        sync(self.device)  # on XLA: one micro-step's forward and backward per graph
 
     def optimizer_step(self) -> None:
         """Clip each model's accumulated gradients to the global norm separately, step, clear them."""
@@ -211,12 +214,16 @@ class RLModule(pl.LightningModule):
             **timings,
             "images_per_s": samples / max(timings["sampling_s"] + timings["reward_wait_s"], 1e-9),
         }
+        if is_xla(self.device):  # graphs compiled so far in this process: flat after the first epoch
+            metrics["xla_compiles"] = float(compile_count())
         for name, values in trajectories.eval_rewards.items():
             gathered = self.gather(values)
             metrics[f"eval_{name}_mean"] = gathered.mean().item()
             metrics[f"eval_{name}_std"] = gathered.std(unbiased=False).item()
-        # Values are identical on every rank except the local timings and PPO diagnostics: average those.
-        self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1)
+        metrics = self.mean_over_ranks(metrics)
+        # Logged as host tensors, already reduced: on XLA, device scalars built from Python floats
+        # would make Lightning's epoch reduction a new graph (a compilation) every epoch.
+        self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=False, on_epoch=True)
         self.history.append({"epoch": epoch, **metrics})
         if self.trainer.is_global_zero:
             print(
@@ -239,6 +246,15 @@ class RLModule(pl.LightningModule):
             return values
         gathered = self.all_gather(values)
         return gathered.reshape(-1, *values.shape[1:])
+
+    def mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Average the epoch's metrics over ranks in one collective. Most are already identical on
+        every rank; the local timings and PPO diagnostics are not."""
+        if self.trainer.world_size == 1:
+            return metrics
+        values = torch.tensor(list(metrics.values()), dtype=torch.float32, device=self.device)
+        reduced = self.trainer.strategy.reduce(values, reduce_op="mean").cpu().tolist()
+        return dict(zip(metrics, reduced, strict=True))
 
     def gather_strings(self, values: list[str]) -> list[str]:
         if self.trainer.world_size == 1 or not dist.is_initialized():

@@ -12,6 +12,7 @@ from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
 from rlft.trajectories import Trajectories
+from rlft.xla import sync
 
 
 @torch.no_grad()
@@ -39,7 +40,10 @@ def rollout(
     sampled action (KL regularization).
     """
     device = policy.negative_embedding.device
-    policy.scheduler.set_timesteps(num_steps, device=device)
+    policy.scheduler.set_timesteps(num_steps)
+    # Each step's timesteps as its own tensor, transferred before the loop: on XLA a graph input, so
+    # every step runs the same compiled graph (an index into one tensor would be a constant per step).
+    step_timesteps = [t.expand(batch_size).to(device) for t in policy.scheduler.timesteps]
     timesteps = policy.scheduler.timesteps.to(device)
     bar = tqdm(total=num_batches * num_steps, desc=description, disable=not progress, leave=False, unit="step")
     keys = ("prompts", "metadata", "embeds", "chain", "log_probs", "images", "features", "reference_log_probs")
@@ -51,18 +55,19 @@ def rollout(
         x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
         x = x * policy.scheduler.init_noise_sigma
         chain, log_probs, features, reference_log_probs = [x], [], [], []
-        for t in timesteps:
+        for t in step_timesteps:
             if state_encoder is not None:
                 features.append(state_encoder(policy.decode(x)))
             state = x
-            x, log_prob = policy.step(state, t.expand(batch_size), embeds, guidance_scale, eta, generator=generator)
+            x, log_prob = policy.step(state, t, embeds, guidance_scale, eta, generator=generator)
             if reference:
                 _, reference_log_prob = policy.step(
-                    state, t.expand(batch_size), embeds, guidance_scale, eta, next_latents=x, reference=True
+                    state, t, embeds, guidance_scale, eta, next_latents=x, reference=True
                 )
                 reference_log_probs.append(reference_log_prob)
             chain.append(x)
             log_probs.append(log_prob)
+            sync(device)  # one sampler step per XLA graph
             bar.update()
         images = policy.decode(x).cpu()
         rewards.submit(images, batch_prompts, [meta for _, meta in drawn])

@@ -172,6 +172,25 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def build_accelerator(hw: DictConfig):
+    """Lightning's accelerator name, or for `tpu` rlft's PJRT accelerator (TPU, or PJRT_DEVICE=CPU
+    for testing the XLA path), with torch-xla's persistent compile cache switched on."""
+    if hw.accelerator != "tpu":
+        return hw.accelerator
+    try:
+        import torch_xla  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"hardware.accelerator=tpu needs torch-xla, which is not installed here ({error}); "
+            "create the TPU environment with `make install-tpu` and run with .venv-xla/bin/python"
+        ) from None
+    from rlft.xla import PJRTAccelerator, initialize_compile_cache
+
+    if hw.get("compile_cache"):
+        initialize_compile_cache(Path(str(hw.compile_cache)).expanduser())
+    return PJRTAccelerator()
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
@@ -199,7 +218,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     )
     hw = cfg.hardware
     trainer = pl.Trainer(
-        accelerator=hw.accelerator,
+        accelerator=build_accelerator(hw),
         devices=hw.devices,
         num_nodes=hw.num_nodes,
         strategy=hw.strategy,

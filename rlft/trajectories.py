@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from rlft.xla import is_xla
+
 
 @dataclass
 class Trajectories:
@@ -65,6 +67,44 @@ class TrainingBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{name: v[index] for name, v in values.items() if v is not None})
 
+    def column(self, j: int) -> TimestepBatch:
+        """The batch's j-th timestep column (one training micro-step)."""
+        # On XLA the column index goes in as a tensor (a graph input): as a Python constant it
+        # would make every column's forward and backward a graph of its own to compile.
+        index = torch.tensor([j]).to(self.latents.device) if is_xla(self.latents.device) else None
+
+        def pick(per_step: torch.Tensor | None) -> torch.Tensor | None:
+            if per_step is None:
+                return None
+            return per_step[:, j] if index is None else per_step.index_select(1, index).squeeze(1)
+
+        return TimestepBatch(
+            prompt_embeds=self.prompt_embeds,
+            timesteps=pick(self.timesteps),
+            latents=pick(self.latents),
+            next_latents=pick(self.next_latents),
+            log_probs=pick(self.log_probs),
+            advantages=pick(self.advantages) if self.advantages.ndim == 2 else self.advantages,
+            state_features=pick(self.state_features),
+            values=pick(self.values),
+            returns=pick(self.returns),
+        )
+
+
+@dataclass
+class TimestepBatch:
+    """One timestep column of a TrainingBatch: every field is per sample."""
+
+    prompt_embeds: torch.Tensor  # (B, L, D)
+    timesteps: torch.Tensor  # (B,)
+    latents: torch.Tensor  # (B, C, H, W)
+    next_latents: torch.Tensor  # (B, C, H, W)
+    log_probs: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,)
+    state_features: torch.Tensor | None = None  # (B, D)
+    values: torch.Tensor | None = None  # (B,)
+    returns: torch.Tensor | None = None  # (B,)
+
 
 def training_batches(
     trajectories: Trajectories, batch_size: int, num_timesteps: int, generator: torch.Generator
@@ -96,14 +136,9 @@ def training_batches(
     return [everything[slice(start, start + batch_size)] for start in range(0, n, batch_size)]
 
 
-def rescore(policy, batch: TrainingBatch, column: int, guidance_scale: float, eta: float) -> torch.Tensor:
-    """The current policy's log-prob (B,) of the stored actions in one timestep column of a batch."""
+def rescore(policy, step: TimestepBatch, guidance_scale: float, eta: float) -> torch.Tensor:
+    """The current policy's log-prob (B,) of the stored actions of one timestep column."""
     _, log_prob = policy.step(
-        batch.latents[:, column],
-        batch.timesteps[:, column],
-        batch.prompt_embeds,
-        guidance_scale,
-        eta,
-        next_latents=batch.next_latents[:, column],
+        step.latents, step.timesteps, step.prompt_embeds, guidance_scale, eta, next_latents=step.next_latents
     )
     return log_prob

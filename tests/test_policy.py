@@ -46,8 +46,8 @@ def test_importance_ratio_is_one_before_the_first_update(model):
     # training minibatches differ from the sampling batches, and time is shuffled per sample
     batch = training_batches(trajectories, batch_size=2, num_timesteps=4, generator=torch.Generator().manual_seed(1))[0]
     for j in range(4):
-        log_prob = rescore(policy, batch, j, 5.0, 1.0)  # what the algorithms' training loops call
-        ratio = torch.exp(log_prob - batch.log_probs[:, j])
+        log_prob = rescore(policy, batch.column(j), 5.0, 1.0)  # what the algorithms' training loops call
+        ratio = torch.exp(log_prob - batch.column(j).log_probs)
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
 
 

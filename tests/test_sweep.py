@@ -1,6 +1,10 @@
 """`python -m rlft -m seed=0,1 ...` really launches both jobs, each in its own directory."""
 
 import csv
+import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,3 +107,73 @@ def test_process_group_launcher_runs_ddp_jobs_side_by_side(tmp_path):
         sweep / "0" / "final_metrics.json"
     ).stat().st_mtime
     assert "Traceback" not in result.stderr
+
+
+def test_tpu_pod_launcher_copies_starts_and_collects(tmp_path, monkeypatch):
+    """hydra/launcher=rlft_tpu_pod against a `gcloud` that runs each of 2 'workers' in its own
+    directory on this machine: the code and each job's config reach every worker, every worker runs
+    the job, worker 0's output streams back, and its results come home."""
+    fake = Path(__file__).parent / "fake_gcloud"
+    calls = tmp_path / "gcloud_calls.jsonl"
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(calls))
+    monkeypatch.setenv("FAKE_TPU_ROOT", str(tmp_path / "pod"))
+    monkeypatch.setenv("FAKE_TPU_WORKERS", "2")
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=rlft_tpu_pod",
+            "hydra.launcher.tpu_name=test-pod",
+            "hydra.launcher.zone=us-central2-b",
+            f"hydra.launcher.python={sys.executable}",
+            "hydra.launcher.env.PJRT_DEVICE=CPU",
+            "+hydra.launcher.env.RLFT_TEST_MARK=1",
+            "seed=0,1",
+            *FAST,
+            f"output_root={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+    )
+    commands = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert all(c[:3] == ["compute", "tpus", "tpu-vm"] and "--zone=us-central2-b" in c for c in commands)
+    starts = [c for c in commands if c[3] == "ssh" and "--worker=all" in c and "-m rlft" in " ".join(c)]
+    assert len(starts) == 2  # one start per job, on all workers at once
+    assert "PJRT_DEVICE=CPU" in " ".join(starts[0]) and "RLFT_TEST_MARK=1" in " ".join(starts[0])
+    code_copies = [c for c in commands if c[3] == "scp" and c[4].endswith("code.tar.gz")]
+    assert len(code_copies) == 1 and "--worker=all" in code_copies[0]  # code shipped once per launch
+
+    (sweep,) = (tmp_path / "out" / "multirun").iterdir()
+    for job in ("0", "1"):
+        for worker in ("worker0", "worker1"):  # every worker ran the job from the shipped code
+            (remote,) = (tmp_path / "pod" / worker / "rlft" / "runs").glob(f"*_{job}")
+            assert (remote / "final_metrics.json").is_file()
+            assert yaml.safe_load((remote / "launch" / "config.yaml").read_text())["seed"] == int(job)
+        assert (tmp_path / "pod" / "worker1" / "rlft" / "code" / "rlft" / "train.py").is_file()
+        assert not list((tmp_path / "pod" / "worker0" / "rlft" / "code").glob(".venv*"))
+        local = sweep / job
+        final = json.loads((local / "final_metrics.json").read_text())  # collected from worker 0
+        with (local / "metrics.csv").open() as f:
+            assert float(list(csv.DictReader(f))[-1]["reward_mean"]) == pytest.approx(final["reward_mean"])
+        assert "epoch 0: reward_mean=" in (local / "tpu_pod.log").read_text()  # worker 0's stream
+    assert result.stdout.count("epoch 0: reward_mean=") == 2  # rank 0's output only, once per job
+
+
+def test_tpu_pod_launcher_reports_a_failed_job(tmp_path, monkeypatch):
+    fake = Path(__file__).parent / "fake_gcloud"
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_TPU_ROOT", str(tmp_path / "pod"))
+    result = run_cli(
+        [
+            "-m",
+            "hydra/launcher=rlft_tpu_pod",
+            "hydra.launcher.tpu_name=test-pod",
+            "hydra.launcher.zone=z",
+            "hydra.launcher.python=/nonexistent/python",
+            f"output_root={tmp_path / 'out'}",
+        ],
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "job #0 failed on test-pod" in result.stderr

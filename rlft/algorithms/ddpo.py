@@ -67,7 +67,7 @@ class DDPO(Algorithm):
         self.needs_reference = self.kl is not None
 
     def advantages(self, samples: EpochSamples) -> Targets:
-        rewards, metrics = samples.rewards.double().cpu(), {}
+        rewards, metrics = samples.rewards.cpu().double(), {}
         if self.kl is not None:
             # One advantage per sample: the penalty is the sum of the per-step terms.
             terms, metrics = self.kl.reward_terms(samples.log_probs.cpu(), samples.reference_log_probs.cpu())
@@ -101,8 +101,9 @@ class DDPO(Algorithm):
         for _ in range(t.num_inner_epochs):
             for index, batch in enumerate(training_batches(trajectories, t.batch_size, num_timesteps, generator)):
                 for j in range(num_timesteps):
-                    log_prob = rescore(learner.policy, batch, j, guidance, s.eta)
-                    loss, info = self.loss(log_prob, batch.log_probs[:, j], batch.advantages)
+                    step = batch.column(j)
+                    log_prob = rescore(learner.policy, step, guidance, s.eta)
+                    loss, info = self.loss(log_prob, step.log_probs, step.advantages)
                     # The update direction is the mean over samples x timesteps of an accumulation window.
                     learner.backpropagate(loss / (accumulation * num_timesteps))
                     metrics.add(loss=loss, **info)

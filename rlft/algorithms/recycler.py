@@ -44,22 +44,25 @@ def reset_neurons(
 ) -> None:
     """Re-initialise the masked neurons of each hidden layer: their incoming weight rows
     ~ N(0, init_std), incoming biases 0, outgoing weight columns ~ N(0, init_std); and zero the
-    optimizer's moments of exactly those entries. Everything else is untouched."""
+    optimizer's moments of exactly those entries. Everything else is untouched.
+
+    Written with masks over whole weight matrices rather than the masked rows' indices: the shapes
+    stay the same whatever the number of neurons reset (on XLA, one compiled graph for every reset).
+    """
     layers = critic.linear_layers()
     for index, mask in enumerate(masks):
         incoming, outgoing = layers[index], layers[index + 1]
-        rows = mask.nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            continue
-        incoming.weight[rows] = _normal((len(rows), incoming.in_features), critic.init_std, generator, incoming.weight)
-        incoming.bias[rows] = 0.0
-        outgoing.weight[:, rows] = _normal(
-            (outgoing.out_features, len(rows)), critic.init_std, generator, outgoing.weight
-        )
+        rows = mask.to(incoming.weight.device)[:, None]  # (out_features of incoming, 1)
+        columns = rows.T  # (1, in_features of outgoing)
+        fresh_in = _normal(incoming.weight.shape, critic.init_std, generator, incoming.weight)
+        fresh_out = _normal(outgoing.weight.shape, critic.init_std, generator, outgoing.weight)
+        incoming.weight.copy_(torch.where(rows, fresh_in, incoming.weight))
+        incoming.bias.masked_fill_(rows[:, 0], 0.0)
+        outgoing.weight.copy_(torch.where(columns, fresh_out, outgoing.weight))
         if optimizer is not None:
-            _zero_moments(optimizer, incoming.weight, lambda m, r=rows: m.index_fill_(0, r, 0.0))
-            _zero_moments(optimizer, incoming.bias, lambda m, r=rows: m.index_fill_(0, r, 0.0))
-            _zero_moments(optimizer, outgoing.weight, lambda m, r=rows: m.index_fill_(1, r, 0.0))
+            _zero_moments(optimizer, incoming.weight, lambda m, r=rows: m.masked_fill_(r, 0.0))
+            _zero_moments(optimizer, incoming.bias, lambda m, r=rows[:, 0]: m.masked_fill_(r, 0.0))
+            _zero_moments(optimizer, outgoing.weight, lambda m, c=columns: m.masked_fill_(c, 0.0))
 
 
 def _normal(shape, std: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ class RewardWeightedRegression(Algorithm):
         self.per_prompt = per_prompt_weights
 
     def advantages(self, samples: EpochSamples) -> Targets:
-        weights = rwr_weights(samples.rewards.double().cpu().numpy(), samples.prompts, self.beta, self.per_prompt)
+        weights = rwr_weights(samples.rewards.cpu().double().numpy(), samples.prompts, self.beta, self.per_prompt)
         return Targets(torch.as_tensor(weights, dtype=torch.float32))
 
     def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
@@ -111,5 +111,5 @@ class FilterAndFinetune(RewardWeightedRegression):
         self.percentile = percentile
 
     def advantages(self, samples: EpochSamples) -> Targets:
-        weights = top_percentile_weights(samples.rewards.double().cpu().numpy(), self.percentile)
+        weights = top_percentile_weights(samples.rewards.cpu().double().numpy(), self.percentile)
         return Targets(torch.as_tensor(weights, dtype=torch.float32))

@@ -153,7 +153,7 @@ class TDPO(Algorithm):
 
     # -- advantages -----------------------------------------------------------------------------
     def preprocess_rewards(self, rewards: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        values = rewards.double().cpu().numpy()
+        values = rewards.cpu().double().numpy()
         if self.moments_mode is not None:
             if self.per_prompt_moments is not None:
                 values = self.per_prompt_moments.update(prompts, values)
@@ -168,7 +168,7 @@ class TDPO(Algorithm):
         terms, metrics = None, {}
         if self.kl is not None:
             terms, metrics = self.kl.reward_terms(samples.log_probs.cpu(), samples.reference_log_probs.cpu())
-        values = samples.values.detach().double().cpu()
+        values = samples.values.detach().cpu().double()
         returns = discounted_returns(rewards, values.shape[1], self.gamma, terms)
         advantages = temporal_advantages(returns, values, self.temporal_reward_norm)
         metrics.update(value_mean=values.mean().item(), return_mean=returns.mean().item())
@@ -190,15 +190,12 @@ class TDPO(Algorithm):
             micro_steps = 0
             for j in range(num_timesteps):
                 for batch in batches:
-                    log_prob = rescore(learner.policy, batch, j, guidance, s.eta)
-                    pg_loss, info = clipped_policy_loss(
-                        log_prob, batch.log_probs[:, j], batch.advantages[:, j], self.clip_range
-                    )
+                    step = batch.column(j)
+                    log_prob = rescore(learner.policy, step, guidance, s.eta)
+                    pg_loss, info = clipped_policy_loss(log_prob, step.log_probs, step.advantages, self.clip_range)
                     with torch.autocast(log_prob.device.type, enabled=False):  # the critic trains in fp32
-                        values = self.critic(batch.state_features[:, j])
-                    cf_loss, cf_clipfrac = clipped_value_loss(
-                        values, batch.values[:, j], batch.returns[:, j], self.clip_range_critic
-                    )
+                        values = self.critic(step.state_features)
+                    cf_loss, cf_clipfrac = clipped_value_loss(values, step.values, step.returns, self.clip_range_critic)
                     loss = pg_loss + self.cf_coef * cf_loss
                     learner.backpropagate(loss / accumulation)
                     metrics.add(loss=loss, pg_loss=pg_loss, cf_loss=cf_loss, cf_clipfrac=cf_clipfrac, **info)
