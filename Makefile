@@ -10,7 +10,15 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: install run test test-fast lint clean
+# The TPU environment (torch-xla 2.9 is built for torch 2.9 and cannot share .venv; DESIGN.md).
+XLA_VERSION ?= 2.9.0
+XLA_VENV ?= .venv-xla
+XLA_PY := $(XLA_VENV)/bin/python
+XLA_STAMP := $(XLA_VENV)/.installed
+TPU_NAME ?=
+ZONE ?=
+
+.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train
 
 install: $(STAMP)
 
@@ -26,8 +34,29 @@ run: install
 test: install
 	$(PY) -m pytest -q tests $(ARGS)
 
+# torch and torch-xla $(XLA_VERSION) (with libtpu) and rlft, in $(XLA_VENV); the other pins as in .venv.
+install-tpu: $(XLA_STAMP)
+
+$(XLA_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(XLA_VENV)
+	sed 's/^torch==.*/torch==$(XLA_VERSION)/' constraints.txt > $(XLA_VENV)/constraints.txt
+	echo "torch_xla==$(XLA_VERSION)" >> $(XLA_VENV)/constraints.txt
+	$(XLA_PY) -m pip install --quiet --disable-pip-version-check -c $(XLA_VENV)/constraints.txt \
+		torch==$(XLA_VERSION) "torch_xla[tpu]==$(XLA_VERSION)"
+	$(XLA_PY) -m pip install --quiet --disable-pip-version-check -c $(XLA_VENV)/constraints.txt -e ".[dev]"
+	touch $(XLA_STAMP)
+
+# The XLA test set on torch-xla's CPU backend (not part of `make test`).
+test-xla: install-tpu
+	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -q tests/xla $(ARGS)
+
+# One run (or sweep) on every worker of a TPU VM pod, through the rlft_tpu_pod launcher.
+tpu-train: install
+	@test -n "$(TPU_NAME)" -a -n "$(ZONE)" || { echo 'make tpu-train: give TPU_NAME=<pod> and ZONE=<zone> (and ARGS="...")'; exit 2; }
+	$(PY) -m rlft -m hardware=tpu_pod hydra.launcher.tpu_name=$(TPU_NAME) hydra.launcher.zone=$(ZONE) $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check rlft tests launchers
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(XLA_VENV) outputs .pytest_cache

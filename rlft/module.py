@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -257,11 +256,22 @@ class RLModule(pl.LightningModule):
         return dict(zip(metrics, reduced, strict=True))
 
     def gather_strings(self, values: list[str]) -> list[str]:
-        if self.trainer.world_size == 1 or not dist.is_initialized():
+        """Concatenate every rank's strings in rank order (the same count on every rank).
+
+        Sent as zero-padded UTF-8 bytes through the tensor all-gather, which every backend has
+        (all_gather_object is not available on XLA); the width is rounded up to 64 bytes so that XLA
+        sees few distinct shapes.
+        """
+        if self.trainer.world_size == 1:
             return list(values)
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, list(values))
-        return [value for rank_values in gathered for value in rank_values]
+        encoded = [value.encode() for value in values]
+        longest = self.gather(torch.tensor([max(map(len, encoded), default=1)], device=self.device)).max().item()
+        width = 64 * -(-int(longest) // 64)
+        padded = torch.zeros((len(encoded), width), dtype=torch.uint8)
+        for row, data in enumerate(encoded):
+            padded[row, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+        gathered = self.gather(padded.to(self.device)).cpu()
+        return [bytes(row).rstrip(b"\0").decode() for row in gathered.tolist()]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

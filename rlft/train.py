@@ -172,6 +172,18 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def build_strategy(hw: DictConfig):
+    """A strategy name (auto, ddp, ...) or a strategy node with _target_ (hardware=fsdp)."""
+    if not isinstance(hw.strategy, DictConfig):
+        return hw.strategy
+    if "FSDP" in str(hw.strategy.get("_target_", "")) and hw.accelerator not in ("gpu", "cuda"):
+        raise ConfigError(
+            f"hardware=fsdp shards the model over CUDA GPUs (Lightning's FSDP runs on GPUs only), but "
+            f"hardware.accelerator={hw.accelerator}; on a CPU use hardware=cpu (hardware.strategy=ddp for several processes)"
+        )
+    return build(hw.strategy)
+
+
 def build_accelerator(hw: DictConfig):
     """Lightning's accelerator name, or for `tpu` rlft's PJRT accelerator (TPU, or PJRT_DEVICE=CPU
     for testing the XLA path), with torch-xla's persistent compile cache switched on."""
@@ -221,7 +233,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         accelerator=build_accelerator(hw),
         devices=hw.devices,
         num_nodes=hw.num_nodes,
-        strategy=hw.strategy,
+        strategy=build_strategy(hw),
         precision=hw.precision,
         max_epochs=cfg.epochs,
         logger=loggers,

@@ -40,6 +40,7 @@ class RewardRunner:
 
     def __init__(self, rewards: dict[str, Reward], workers: int = 2):
         self.rewards = rewards
+        self.workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward")
         self._pending: list[dict[str, Future]] = []
         self.seconds = 0.0  # time spent scoring, summed over rewards and batches
@@ -78,3 +79,15 @@ class RewardRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # Picklable (a thread pool is not): torch-xla's multi-device launcher sends the module, rewards
+    # included, to the processes it starts; each gets a fresh pool.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in ("_pool", "_lock", "_pending"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state.pop("rewards"), workers=state.pop("workers"))
+        self.__dict__.update(state)
