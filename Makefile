@@ -18,7 +18,7 @@ XLA_STAMP := $(XLA_VENV)/.installed
 TPU_NAME ?=
 ZONE ?=
 
-.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train
+.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train bench
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ test-xla: install-tpu
 tpu-train: install
 	@test -n "$(TPU_NAME)" -a -n "$(ZONE)" || { echo 'make tpu-train: give TPU_NAME=<pod> and ZONE=<zone> (and ARGS="...")'; exit 2; }
 	$(PY) -m rlft -m hardware=tpu_pod hydra.launcher.tpu_name=$(TPU_NAME) hydra.launcher.zone=$(ZONE) $(ARGS)
+
+# Where an epoch's time goes, against the model's own compute (figures, no pass/fail).
+bench: install
+	$(PY) -m rlft.bench $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check rlft tests launchers

@@ -1,0 +1,261 @@
+"""`python -m rlft.bench [options] [overrides]` (`make bench`): where an RL epoch's time goes.
+
+For each model and setting it runs real epochs (the same RLModule under Lightning, no logger or
+checkpoints) and, in the same process, the model's own compute for that epoch with no RL code
+around it (the floor): the sampling phase's UNet forward passes (CFG-batched) and VAE decodes, and
+the training phase's UNet forward+backward passes. It prints seconds per epoch split into
+sampling, reward and training, images per second, the floor, the ratio epoch / floor, and peak
+memory; then how epoch time grows with sampler steps and with batch size. Every configuration runs
+in its own process (so peak RSS is its own); timings are medians over repetitions after warm-up,
+with the spread (max - min).
+
+Not a test: it has no pass or fail. Overrides (e.g. `hardware=gpu model=sd15`) go to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+SETTINGS = {
+    # 8 samples per epoch, 10 steps, sample batch 4, train batch 2
+    "small": [
+        "sample.batch_size=4",
+        "sample.num_batches_per_epoch=2",
+        "sample.num_steps=10",
+        "train.batch_size=2",
+        "train.gradient_accumulation_steps=1",
+    ],
+    "default": [],  # the default run's (experiment=demo): 16 samples, 10 steps, batch 8, train 4 x 4
+}
+STEP_POINTS = (5, 10, 20)
+BATCH_POINTS = (2, 4, 8)
+
+
+# -- one configuration, in its own process ------------------------------------------------------
+def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
+    """Run warmup + repeats epochs, then as many floor measurements; medians and spreads."""
+    import lightning.pytorch as pl
+    from hydra import compose, initialize_config_dir
+
+    from rlft.config import CONFIG_DIR
+    from rlft.train import _quiet_known_warnings, build_accelerator, build_module, build_strategy, validate
+
+    _quiet_known_warnings()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["sample.num_images_logged=0", *overrides, f"epochs={warmup + repeats}"],
+        )
+    validate(cfg)
+    pl.seed_everything(cfg.seed, verbose=False)
+    with tempfile.TemporaryDirectory() as run_dir:
+        module = build_module(cfg, run_dir)
+        epoch_seconds = EpochTimer()
+        hw = cfg.hardware
+        trainer = pl.Trainer(
+            accelerator=build_accelerator(hw),
+            devices=hw.devices,
+            num_nodes=hw.num_nodes,
+            strategy=build_strategy(hw),
+            precision=hw.precision,
+            max_epochs=cfg.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            callbacks=[epoch_seconds],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+        )
+        trainer.fit(module)
+        floors = [compute_floor(module, cfg) for _ in range(warmup + repeats)][warmup:]
+    history = module.history[warmup:]
+    samples = history[0]["samples"]
+    result = {"samples": samples, "steps": cfg.sample.num_steps}
+    series = {
+        "epoch_s": epoch_seconds.seconds[warmup:],
+        "sampling_s": [h["sampling_s"] for h in history],
+        "reward_wait_s": [h["reward_wait_s"] for h in history],
+        "training_s": [h["training_s"] for h in history],
+        "floor_s": floors,
+    }
+    for name, values in series.items():
+        result[name] = statistics.median(values)
+        result[name + "_spread"] = max(values) - min(values)
+    result["images_per_s"] = samples / result["epoch_s"]
+    result["ratio"] = result["epoch_s"] / result["floor_s"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+class EpochTimer(Callback):
+    """Wall time of each RL epoch (Lightning's training step: sampling to report)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        _synchronize(module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        _synchronize(module.device)
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def compute_floor(module, cfg) -> float:
+    """Seconds for the epoch's model compute alone: the same UNet and VAE calls, on the same
+    shapes, with none of the RL code (no log-probs, rewards, advantages or optimizer)."""
+    policy, s, t = module.policy, cfg.sample, cfg.train
+    device = policy.negative_embedding.device
+    unet, dtype = policy.unet, next(policy.unet.parameters()).dtype
+    cfg_batch = 2 if s.guidance_scale > 1.0 else 1
+    embeds = policy.negative_embedding.to(dtype)
+
+    def unet_batch(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = torch.randn((size * cfg_batch, *policy.latent_shape), device=device, dtype=dtype)
+        timesteps = torch.full((size * cfg_batch,), 500, device=device)
+        return latents, timesteps, embeds.expand(size * cfg_batch, -1, -1)
+
+    samples = s.batch_size * s.num_batches_per_epoch
+    micro_steps = t.num_inner_epochs * (samples // t.batch_size) * max(1, int(s.num_steps * t.timestep_fraction))
+    sample_inputs, train_inputs = unet_batch(s.batch_size), unet_batch(t.batch_size)
+    final_latents = torch.randn((s.batch_size, *policy.latent_shape), device=device, dtype=policy.vae.dtype)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in str(cfg.hardware.precision))
+    _synchronize(device)
+    start = time.perf_counter()
+    with autocast:
+        with torch.no_grad():
+            for _ in range(s.num_batches_per_epoch):
+                for _ in range(s.num_steps):
+                    unet(*sample_inputs)
+                policy.vae.decode(final_latents / policy.vae.config.scaling_factor)
+        for _ in range(micro_steps):
+            unet(*train_inputs).sample.float().square().mean().backward()
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    unet.zero_grad(set_to_none=True)
+    return seconds
+
+
+# -- the driver ---------------------------------------------------------------------------------
+def run_configuration(overrides: list[str], warmup: int, repeats: int) -> dict:
+    command = [sys.executable, "-m", "rlft.bench", "--one", json.dumps(overrides), f"--warmup={warmup}"]
+    command.append(f"--repeats={repeats}")
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"rlft.bench: {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _seconds(result: dict, key: str) -> str:
+    return f"{result[key]:7.3f} ±{result[key + '_spread']:.3f}"
+
+
+def print_table(rows: list[tuple[str, str, dict]]) -> None:
+    header = (
+        f"{'model':<8} {'setting':<8} {'epoch s':>14} {'sampling s':>14} {'reward wait s':>14} "
+        f"{'training s':>14} {'img/s':>7} {'floor s':>14} {'ratio':>6} {'peak RSS MB':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for model, setting, r in rows:
+        memory = f"{r['peak_rss_mb']:11.0f}" + (
+            f"  CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else ""
+        )
+        print(
+            f"{model:<8} {setting:<8} {_seconds(r, 'epoch_s')} {_seconds(r, 'sampling_s')} "
+            f"{_seconds(r, 'reward_wait_s')} {_seconds(r, 'training_s')} {r['images_per_s']:7.1f} "
+            f"{_seconds(r, 'floor_s')} {r['ratio']:6.2f} {memory}"
+        )
+
+
+def print_scaling(title: str, points: list[tuple[int, dict]], per: str) -> None:
+    print(f"\n{title}")
+    print(f"{'value':>6} {'epoch s':>14} {'floor s':>14} {'ratio':>6} {'ms per ' + per:>18}")
+    for value, r in points:
+        units = r["samples"] * (r["steps"] if per == "image-step" else 1)
+        print(
+            f"{value:>6} {_seconds(r, 'epoch_s')} {_seconds(r, 'floor_s')} {r['ratio']:6.2f} "
+            f"{1000 * r['epoch_s'] / units:18.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rlft.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="rlft overrides for every run (e.g. hardware=gpu model=sd15)")
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], help="ignored when overrides set model=")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--warmup", type=int, default=1, help="epochs (and floor runs) not timed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs (and floor runs)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the steps and batch-size series")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one configuration, JSON overrides
+    args = parser.parse_args(argv)
+
+    if args.one is not None:
+        print(json.dumps(measure(json.loads(args.one), args.warmup, args.repeats)))
+        return
+
+    models = [o.split("=", 1)[1] for o in args.overrides if o.startswith("model=")] or args.models
+    base = [o for o in args.overrides if not o.startswith("model=")]
+    print(f"rlft bench: torch {torch.__version__}, {torch.get_num_threads()} threads, overrides: {base or 'none'}")
+    print(f"medians of {args.repeats} epochs after {args.warmup} warm-up (± max - min)\n")
+    rows = []
+    for model in models:
+        for setting in args.settings:
+            result = run_configuration([f"model={model}", *SETTINGS[setting], *base], args.warmup, args.repeats)
+            rows.append((model, setting, result))
+    print_table(rows)
+    if args.no_scaling:
+        return
+    model = models[0]
+    steps = [
+        (n, run_configuration([f"model={model}", *SETTINGS["small"], f"sample.num_steps={n}", *base], *_reps(args)))
+        for n in STEP_POINTS
+    ]
+    print_scaling(f"model={model}, small setting, by sample.num_steps", steps, "image-step")
+    batches = [
+        (
+            b,
+            run_configuration(
+                [
+                    f"model={model}",
+                    *SETTINGS["small"],
+                    f"sample.batch_size={b}",
+                    "sample.num_batches_per_epoch=2",
+                    *base,
+                ],
+                *_reps(args),
+            ),
+        )
+        for b in BATCH_POINTS
+    ]
+    print_scaling(f"model={model}, small setting, by sample.batch_size (2 batches per epoch)", batches, "image")
+
+
+def _reps(args) -> tuple[int, int]:
+    return args.warmup, args.repeats
+
+
+if __name__ == "__main__":
+    main()
