@@ -129,6 +129,7 @@ class RLModule(pl.LightningModule):
             description=f"epoch {epoch} sampling",
             state_encoder=self.algorithm.state_encoder(),
             reference=self.algorithm.needs_reference,
+            trajectory_dtype=getattr(torch, self.cfg.perf.trajectory_dtype),
         )
         timings["sampling_s"] = time.perf_counter() - start
         return trajectories

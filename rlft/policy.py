@@ -31,10 +31,19 @@ class Policy(nn.Module):
         lora: DictConfig | dict | None,
         frozen_dtype: str = "float32",
         keep_reference: bool = False,
+        compile_unet: bool | dict = False,
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         """`keep_reference`: keep the base model as a frozen reference policy (KL regularization).
         With LoRA that is the same UNet with its adapters disabled; with full fine-tuning, a frozen
-        copy of the UNet made before training."""
+        copy of the UNet made before training.
+
+        Speed and memory options, none of which changes what is computed: `compile_unet` (True or
+        torch.compile's keyword arguments) compiles the UNet in place, so sampling and training call
+        the same compiled module and checkpoints keep their key names; `channels_last` stores the
+        UNet's weights and feeds its inputs in channels-last layout; `gradient_checkpointing`
+        recomputes the UNet blocks' activations during backward instead of keeping them."""
         super().__init__()
         self.unet = components.unet
         self.vae = components.vae
@@ -63,6 +72,13 @@ class Policy(nn.Module):
         self.vae.eval()
         self.text_encoder.eval()
         self.unet.eval()  # SD UNets have no dropout; eval keeps any that a config adds deterministic
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()  # diffusers: active whenever grad is enabled
+        if compile_unet:
+            self.unet.compile(**(compile_unet if isinstance(compile_unet, dict) else {}))
         self.register_buffer("negative_embedding", self.encode_prompts([""]), persistent=False)
 
     # -- text -------------------------------------------------------------------------------
@@ -92,6 +108,8 @@ class Policy(nn.Module):
     ) -> torch.Tensor:
         """The guided noise prediction; one UNet call on the [unconditional; conditional] batch."""
         unet = self.unet if unet is None else unet
+        if self.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
         if guidance_scale <= 1.0:
             return unet(latents, timesteps, prompt_embeds).sample
         negative = self.negative_embedding.to(prompt_embeds.dtype).expand(len(latents), -1, -1)

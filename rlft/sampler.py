@@ -32,12 +32,13 @@ def rollout(
     description: str = "sampling",
     state_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reference: bool = False,
+    trajectory_dtype: torch.dtype = torch.float32,
 ) -> Trajectories:
     """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples.
 
     With `state_encoder`, every state x_t (pure noise included) is decoded and encoded before its
     step (TDPO's critic input). With `reference`, the frozen reference policy also scores each
-    sampled action (KL regularization).
+    sampled action (KL regularization). `trajectory_dtype`: the dtype the states are kept in.
     """
     device = policy.negative_embedding.device
     policy.scheduler.set_timesteps(num_steps)
@@ -53,7 +54,9 @@ def rollout(
         batch_prompts = [prompt for prompt, _ in drawn]
         embeds = policy.encode_prompts(batch_prompts)
         x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
-        x = x * policy.scheduler.init_noise_sigma
+        # Every later state takes this dtype (the DDIM step returns its sample's dtype, and scores
+        # the action after that rounding), so the chain is stored in it.
+        x = (x * policy.scheduler.init_noise_sigma).to(trajectory_dtype)
         chain, log_probs, features, reference_log_probs = [x], [], [], []
         for t in step_timesteps:
             if state_encoder is not None:

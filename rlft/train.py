@@ -94,6 +94,10 @@ def validate(cfg: DictConfig) -> None:
         ),
         (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
         (t.num_inner_epochs >= 1, "train.num_inner_epochs must be at least 1"),
+        (
+            cfg.perf.trajectory_dtype in ("float32", "bfloat16", "float16"),
+            f"perf.trajectory_dtype={cfg.perf.trajectory_dtype} must be float32, bfloat16 or float16",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -156,6 +160,11 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
         lora=cfg.model.lora,
         frozen_dtype=cfg.hardware.frozen_dtype,
         keep_reference=algorithm.needs_reference,
+        compile_unet=OmegaConf.to_container(cfg.perf.compile)
+        if isinstance(cfg.perf.compile, DictConfig)
+        else cfg.perf.compile,
+        channels_last=cfg.perf.channels_last,
+        gradient_checkpointing=cfg.perf.gradient_checkpointing,
     )
     return RLModule(cfg, policy, algorithm, build(cfg.prompt, "prompt"), reward, eval_rewards, run_dir)
 

@@ -19,7 +19,7 @@ def make_policy(model: str, frozen_dtype: str = "float32") -> Policy:
     return Policy(instantiate(cfg.model.components), lora=cfg.model.lora, frozen_dtype=frozen_dtype)
 
 
-def sample(policy: Policy, steps: int = 4, batches: int = 2):
+def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: torch.dtype = torch.float32):
     runner = RewardRunner({"train": Brightness()})
     trajectories = rollout(
         policy,
@@ -32,6 +32,7 @@ def sample(policy: Policy, steps: int = 4, batches: int = 2):
         eta=1.0,
         generator=torch.Generator().manual_seed(0),
         rng=random.Random(0),
+        trajectory_dtype=trajectory_dtype,
     )
     trajectories.rewards = runner.collect()["train"]
     trajectories.advantages = torch.randn(len(trajectories))

@@ -1,0 +1,102 @@
+"""Speed and memory switches (`perf.*`, train.timestep_fraction): each keeps sampling and training
+on one code path, so the importance ratio is exactly 1 before the first update."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from rlft.policy import Policy
+from rlft.trajectories import rescore, training_batches
+from tests.conftest import compose_config
+from tests.test_policy import sample
+
+
+def make(model: str = "tiny", **options) -> Policy:
+    cfg = compose_config([f"model={model}"])
+    return Policy(instantiate(cfg.model.components), lora=cfg.model.lora, **options)
+
+
+def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol: float = 1e-5) -> None:
+    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1))[0]
+    for j in range(num_timesteps):
+        step = batch.column(j)
+        ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs)
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_trajectories_score_the_stored_values(dtype):
+    policy = make()
+    trajectories = sample(policy, trajectory_dtype=dtype)
+    assert trajectories.chain.dtype == dtype  # half the memory of float32
+    assert_ratio_one(policy, trajectories)  # the log-prob was computed on the rounded action
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny_lora"])
+def test_channels_last(model):
+    policy = make(model, channels_last=True)
+    conv = policy.unet.conv_in.weight  # (LoRA adapts attention layers; conv_in stays a plain Conv2d)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert_ratio_one(policy, sample(policy))
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients():
+    torch.manual_seed(0)
+    plain, checkpointed = make(), make(gradient_checkpointing=True)
+    checkpointed.unet.load_state_dict(plain.unet.state_dict())
+    latents = torch.randn(2, *plain.latent_shape)
+    timesteps = torch.tensor([500, 300])
+    embeds = plain.encode_prompts(["a cat", "a dog"])
+    saved, grads = [], []
+    for policy in (plain, checkpointed):
+        kept = [0]
+
+        def pack(tensor, kept=kept):  # activations autograd keeps for backward (outside checkpoints)
+            kept[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = policy.predict_noise(latents, timesteps, embeds, 5.0).square().mean()
+        loss.backward()
+        saved.append(kept[0])
+        grads.append({n: p.grad for n, p in policy.unet.named_parameters() if p.grad is not None})
+    assert saved[1] < 0.6 * saved[0], saved
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+    assert_ratio_one(checkpointed, sample(checkpointed))
+
+
+def test_compiled_unet_keeps_the_ratio_at_one_and_its_key_names():
+    policy = make(compile_unet={"backend": "aot_eager"})
+    assert all("_orig_mod" not in key for key in policy.unet.state_dict())  # checkpoints unchanged
+    assert_ratio_one(policy, sample(policy))
+
+
+def test_timestep_fraction_trains_on_fewer_columns():
+    policy = make()
+    trajectories = sample(policy, steps=4)
+    batch = training_batches(trajectories, 2, 2, torch.Generator().manual_seed(1))[0]
+    assert batch.latents.shape[1] == 2
+    assert_ratio_one(policy, trajectories, num_timesteps=2)
+
+
+def test_a_run_with_every_switch_on(tmp_path):
+    from tests.conftest import FAST, run_cli
+
+    switches = [
+        "perf.compile={backend:aot_eager}",
+        "perf.channels_last=true",
+        "perf.gradient_checkpointing=true",
+        "perf.trajectory_dtype=bfloat16",
+        "train.timestep_fraction=0.5",
+    ]
+    result = run_cli([*FAST, "epochs=2", *switches, f"output_root={tmp_path}"], cwd=tmp_path)
+    assert result.stdout.count("reward_mean=") == 2
+
+
+def test_unknown_trajectory_dtype_is_one_clear_error(tmp_path):
+    from tests.conftest import FAST, run_cli
+
+    result = run_cli([*FAST, "perf.trajectory_dtype=int8", f"output_root={tmp_path}"], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "perf.trajectory_dtype=int8 must be float32, bfloat16 or float16" in result.stderr
