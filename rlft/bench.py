@@ -7,7 +7,7 @@ the training phase's UNet forward+backward passes. It prints seconds per epoch s
 sampling, reward and training, images per second, the floor, the ratio epoch / floor, and peak
 memory; then how epoch time grows with sampler steps and with batch size. Every configuration runs
 in its own process (so peak RSS is its own); timings are medians over repetitions after warm-up,
-with the spread (max - min).
+with the spread (max - min); each epoch's floor is measured right after it.
 
 Not a test: it has no pass or fail. Overrides (e.g. `hardware=gpu model=sd15`) go to every run.
 """
@@ -61,7 +61,7 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     pl.seed_everything(cfg.seed, verbose=False)
     with tempfile.TemporaryDirectory() as run_dir:
         module = build_module(cfg, run_dir)
-        epoch_seconds = EpochTimer()
+        epoch_seconds = EpochTimer(lambda: compute_floor(module, cfg))
         hw = cfg.hardware
         trainer = pl.Trainer(
             accelerator=build_accelerator(hw),
@@ -79,7 +79,6 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
             use_distributed_sampler=False,
         )
         trainer.fit(module)
-        floors = [compute_floor(module, cfg) for _ in range(warmup + repeats)][warmup:]
     history = module.history[warmup:]
     samples = history[0]["samples"]
     result = {"samples": samples, "steps": cfg.sample.num_steps}
@@ -88,13 +87,14 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
         "sampling_s": [h["sampling_s"] for h in history],
         "reward_wait_s": [h["reward_wait_s"] for h in history],
         "training_s": [h["training_s"] for h in history],
-        "floor_s": floors,
+        "floor_s": epoch_seconds.floors[warmup:],
     }
     for name, values in series.items():
         result[name] = statistics.median(values)
         result[name + "_spread"] = max(values) - min(values)
     result["images_per_s"] = samples / result["epoch_s"]
-    result["ratio"] = result["epoch_s"] / result["floor_s"]
+    # each epoch against the floor measured right after it: robust to the machine's load drifting
+    result["ratio"] = statistics.median(e / f for e, f in zip(series["epoch_s"], series["floor_s"], strict=True))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -102,10 +102,13 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
 
 
 class EpochTimer(Callback):
-    """Wall time of each RL epoch (Lightning's training step: sampling to report)."""
+    """Wall time of each RL epoch (Lightning's training step: sampling to report), and the floor
+    measured right after each epoch, so that both see the same machine load."""
 
-    def __init__(self) -> None:
+    def __init__(self, floor) -> None:
+        self.floor = floor
         self.seconds: list[float] = []
+        self.floors: list[float] = []
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -115,6 +118,8 @@ class EpochTimer(Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         _synchronize(module.device)
         self.seconds.append(time.perf_counter() - self._start)
+        with torch.random.fork_rng(devices=[]):  # the floor's random inputs leave the run's RNG alone
+            self.floors.append(self.floor())
 
 
 def _synchronize(device: torch.device) -> None:

@@ -18,4 +18,4 @@ def test_bench_prints_a_row_for_the_tiny_model(tmp_path):
     fields = row.replace("±", " ").split()
     epoch, sampling, training, floor, ratio = (float(fields[i]) for i in (2, 4, 8, 11, 13))
     assert 0 < sampling + training <= epoch and floor > 0
-    assert abs(ratio - epoch / floor) < 0.02  # printed to 3 and 2 decimals
+    assert abs(ratio - epoch / floor) < 0.02  # one epoch: the median ratio is this epoch's

@@ -100,3 +100,15 @@ def test_unknown_trajectory_dtype_is_one_clear_error(tmp_path):
 
     result = run_cli([*FAST, "perf.trajectory_dtype=int8", f"output_root={tmp_path}"], cwd=tmp_path, check=False)
     assert result.returncode == 2 and "perf.trajectory_dtype=int8 must be float32, bfloat16 or float16" in result.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_keeps_trainable_weights_in_fp32_and_the_ratio_at_one(dtype):
+    """hardware.precision=bf16-mixed / 16-mixed: Lightning runs the whole RL epoch (sampling and
+    training) under autocast; the DDIM step and its log-prob stay float32."""
+    policy = make("tiny_lora")
+    with torch.autocast("cpu", dtype=dtype):
+        trajectories = sample(policy)
+        assert trajectories.log_probs.dtype == torch.float32
+        assert_ratio_one(policy, trajectories)
+    assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
