@@ -4,8 +4,8 @@ For each model and setting it runs real epochs (the same RLModule under Lightnin
 checkpoints) and, in the same process, the model's own compute for that epoch with no RL code
 around it (the floor): the sampling phase's UNet forward passes (CFG-batched) and VAE decodes, and
 the training phase's UNet forward+backward passes. It prints seconds per epoch split into
-sampling, reward and training, images per second, the floor, the ratio epoch / floor, and peak
-memory; then how epoch time grows with sampler steps and with batch size. Every configuration runs
+sampling, reward and training, images per second, the floor, the ratio epoch / floor (and per
+phase: sampling / its floor, training / its floor), and peak memory; then how epoch time grows with sampler steps and with batch size. Every configuration runs
 in its own process (so peak RSS is its own); timings are medians over repetitions after warm-up,
 with the spread (max - min); each epoch's floor is measured right after it.
 
@@ -49,7 +49,7 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from rlft.config import CONFIG_DIR
-    from rlft.train import _quiet_known_warnings, build_accelerator, build_module, build_strategy, validate
+    from rlft.train import _quiet_known_warnings, build_module, build_trainer, validate
 
     _quiet_known_warnings()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -62,22 +62,7 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         module = build_module(cfg, run_dir)
         epoch_seconds = EpochTimer(lambda: compute_floor(module, cfg))
-        hw = cfg.hardware
-        trainer = pl.Trainer(
-            accelerator=build_accelerator(hw),
-            devices=hw.devices,
-            num_nodes=hw.num_nodes,
-            strategy=build_strategy(hw),
-            precision=hw.precision,
-            max_epochs=cfg.epochs,
-            logger=False,
-            enable_checkpointing=False,
-            callbacks=[epoch_seconds],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-        )
+        trainer = build_trainer(cfg, logger=False, enable_checkpointing=False, callbacks=[epoch_seconds])
         trainer.fit(module)
     history = module.history[warmup:]
     samples = history[0]["samples"]
@@ -87,7 +72,9 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
         "sampling_s": [h["sampling_s"] for h in history],
         "reward_wait_s": [h["reward_wait_s"] for h in history],
         "training_s": [h["training_s"] for h in history],
-        "floor_s": epoch_seconds.floors[warmup:],
+        "floor_s": [sum(f) for f in epoch_seconds.floors[warmup:]],
+        "floor_sampling_s": [f[0] for f in epoch_seconds.floors[warmup:]],
+        "floor_training_s": [f[1] for f in epoch_seconds.floors[warmup:]],
     }
     for name, values in series.items():
         result[name] = statistics.median(values)
@@ -95,6 +82,9 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     result["images_per_s"] = samples / result["epoch_s"]
     # each epoch against the floor measured right after it: robust to the machine's load drifting
     result["ratio"] = statistics.median(e / f for e, f in zip(series["epoch_s"], series["floor_s"], strict=True))
+    for phase in ("sampling", "training"):  # where the time above the floor goes
+        pairs = zip(series[f"{phase}_s"], series[f"floor_{phase}_s"], strict=True)
+        result[f"{phase}_ratio"] = statistics.median(e / f for e, f in pairs)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -127,9 +117,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compute_floor(module, cfg) -> float:
-    """Seconds for the epoch's model compute alone: the same UNet and VAE calls, on the same
-    shapes, with none of the RL code (no log-probs, rewards, advantages or optimizer)."""
+def compute_floor(module, cfg) -> tuple[float, float]:
+    """Seconds of the epoch's model compute alone, (sampling, training): the same UNet and VAE calls
+    on the same shapes, with none of the RL code (no log-probs, rewards, advantages or optimizer)."""
     policy, s, t = module.policy, cfg.sample, cfg.train
     device = policy.negative_embedding.device
     unet, dtype = policy.unet, next(policy.unet.parameters()).dtype
@@ -154,12 +144,14 @@ def compute_floor(module, cfg) -> float:
                 for _ in range(s.num_steps):
                     unet(*sample_inputs)
                 policy.vae.decode(final_latents / policy.vae.config.scaling_factor)
+        _synchronize(device)
+        sampling = time.perf_counter() - start
         for _ in range(micro_steps):
             unet(*train_inputs).sample.float().square().mean().backward()
     _synchronize(device)
-    seconds = time.perf_counter() - start
+    training = time.perf_counter() - start - sampling
     unet.zero_grad(set_to_none=True)
-    return seconds
+    return sampling, training
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -180,7 +172,7 @@ def _seconds(result: dict, key: str) -> str:
 def print_table(rows: list[tuple[str, str, dict]]) -> None:
     header = (
         f"{'model':<8} {'setting':<8} {'epoch s':>14} {'sampling s':>14} {'reward wait s':>14} "
-        f"{'training s':>14} {'img/s':>7} {'floor s':>14} {'ratio':>6} {'peak RSS MB':>11}"
+        f"{'training s':>14} {'img/s':>7} {'floor s':>14} {'ratio':>6} {'(sampl.':>7} {'train.)':>7} {'peak RSS MB':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -191,7 +183,7 @@ def print_table(rows: list[tuple[str, str, dict]]) -> None:
         print(
             f"{model:<8} {setting:<8} {_seconds(r, 'epoch_s')} {_seconds(r, 'sampling_s')} "
             f"{_seconds(r, 'reward_wait_s')} {_seconds(r, 'training_s')} {r['images_per_s']:7.1f} "
-            f"{_seconds(r, 'floor_s')} {r['ratio']:6.2f} {memory}"
+            f"{_seconds(r, 'floor_s')} {r['ratio']:6.2f} {r['sampling_ratio']:7.2f} {r['training_ratio']:7.2f} {memory}"
         )
 
 

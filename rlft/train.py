@@ -212,6 +212,27 @@ def build_accelerator(hw: DictConfig):
     return PJRTAccelerator()
 
 
+def build_trainer(cfg: DictConfig, **settings) -> pl.Trainer:
+    """Lightning's Trainer for an RL run on `cfg.hardware` (one step per epoch: the RL epoch);
+    `settings` add or replace Trainer arguments (loggers, callbacks, ...)."""
+    hw = cfg.hardware
+    torch.backends.cuda.matmul.allow_tf32 = hw.allow_tf32
+    torch.backends.cudnn.allow_tf32 = hw.allow_tf32
+    arguments = {
+        "accelerator": build_accelerator(hw),
+        "devices": hw.devices,
+        "num_nodes": hw.num_nodes,
+        "strategy": build_strategy(hw),
+        "precision": hw.precision,
+        "max_epochs": cfg.epochs,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "use_distributed_sampler": False,
+    }
+    return pl.Trainer(**{**arguments, **settings})
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
@@ -222,9 +243,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if checkpoint is not None and checkpoint.parent.name == "checkpoints":
         run_dir = checkpoint.parent.parent  # continue the interrupted run in its own directory
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.backends.cuda.matmul.allow_tf32 = cfg.hardware.allow_tf32
-    torch.backends.cudnn.allow_tf32 = cfg.hardware.allow_tf32
-
     module = build_module(cfg, run_dir)
     loggers = build_loggers(cfg, run_dir)
     checkpoints = ModelCheckpoint(
@@ -237,22 +255,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         mode="max",
         save_top_k=cfg.num_checkpoints,
     )
-    hw = cfg.hardware
-    trainer = pl.Trainer(
-        accelerator=build_accelerator(hw),
-        devices=hw.devices,
-        num_nodes=hw.num_nodes,
-        strategy=build_strategy(hw),
-        precision=hw.precision,
-        max_epochs=cfg.epochs,
-        logger=loggers,
-        callbacks=[checkpoints],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        use_distributed_sampler=False,
-        default_root_dir=str(run_dir),
+    trainer = build_trainer(
+        cfg, logger=loggers, callbacks=[checkpoints], log_every_n_steps=1, default_root_dir=str(run_dir)
     )
     if checkpoint is not None:
         first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] + 1

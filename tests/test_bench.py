@@ -16,6 +16,7 @@ def test_bench_prints_a_row_for_the_tiny_model(tmp_path):
     )
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("tiny")]
     fields = row.replace("±", " ").split()
-    epoch, sampling, training, floor, ratio = (float(fields[i]) for i in (2, 4, 8, 11, 13))
+    epoch, sampling, training, floor, ratio, sampling_ratio = (float(fields[i]) for i in (2, 4, 8, 11, 13, 14))
     assert 0 < sampling + training <= epoch and floor > 0
     assert abs(ratio - epoch / floor) < 0.02  # one epoch: the median ratio is this epoch's
+    assert sampling_ratio > 0

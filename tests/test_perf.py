@@ -3,30 +3,14 @@ on one code path, so the importance ratio is exactly 1 before the first update."
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from rlft.policy import Policy
-from rlft.trajectories import rescore, training_batches
-from tests.conftest import compose_config
-from tests.test_policy import sample
-
-
-def make(model: str = "tiny", **options) -> Policy:
-    cfg = compose_config([f"model={model}"])
-    return Policy(instantiate(cfg.model.components), lora=cfg.model.lora, **options)
-
-
-def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol: float = 1e-5) -> None:
-    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1))[0]
-    for j in range(num_timesteps):
-        step = batch.column(j)
-        ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs)
-        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=atol)
+from rlft.trajectories import training_batches
+from tests.test_policy import assert_ratio_one, make_policy, sample
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_trajectories_score_the_stored_values(dtype):
-    policy = make()
+    policy = make_policy("tiny")
     trajectories = sample(policy, trajectory_dtype=dtype)
     assert trajectories.chain.dtype == dtype  # half the memory of float32
     assert_ratio_one(policy, trajectories)  # the log-prob was computed on the rounded action
@@ -34,7 +18,7 @@ def test_half_precision_trajectories_score_the_stored_values(dtype):
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_lora"])
 def test_channels_last(model):
-    policy = make(model, channels_last=True)
+    policy = make_policy(model, channels_last=True)
     conv = policy.unet.conv_in.weight  # (LoRA adapts attention layers; conv_in stays a plain Conv2d)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert_ratio_one(policy, sample(policy))
@@ -42,7 +26,7 @@ def test_channels_last(model):
 
 def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients():
     torch.manual_seed(0)
-    plain, checkpointed = make(), make(gradient_checkpointing=True)
+    plain, checkpointed = make_policy("tiny"), make_policy("tiny", gradient_checkpointing=True)
     checkpointed.unet.load_state_dict(plain.unet.state_dict())
     latents = torch.randn(2, *plain.latent_shape)
     timesteps = torch.tensor([500, 300])
@@ -68,13 +52,13 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients()
 
 
 def test_compiled_unet_keeps_the_ratio_at_one_and_its_key_names():
-    policy = make(compile_unet={"backend": "aot_eager"})
+    policy = make_policy("tiny", compile_unet={"backend": "aot_eager"})
     assert all("_orig_mod" not in key for key in policy.unet.state_dict())  # checkpoints unchanged
     assert_ratio_one(policy, sample(policy))
 
 
 def test_timestep_fraction_trains_on_fewer_columns():
-    policy = make()
+    policy = make_policy("tiny")
     trajectories = sample(policy, steps=4)
     batch = training_batches(trajectories, 2, 2, torch.Generator().manual_seed(1))[0]
     assert batch.latents.shape[1] == 2
@@ -106,7 +90,7 @@ def test_unknown_trajectory_dtype_is_one_clear_error(tmp_path):
 def test_autocast_keeps_trainable_weights_in_fp32_and_the_ratio_at_one(dtype):
     """hardware.precision=bf16-mixed / 16-mixed: Lightning runs the whole RL epoch (sampling and
     training) under autocast; the DDIM step and its log-prob stay float32."""
-    policy = make("tiny_lora")
+    policy = make_policy("tiny_lora")
     with torch.autocast("cpu", dtype=dtype):
         trajectories = sample(policy)
         assert trajectories.log_probs.dtype == torch.float32

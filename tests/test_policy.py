@@ -14,9 +14,10 @@ from rlft.trajectories import rescore, training_batches
 from tests.conftest import compose_config
 
 
-def make_policy(model: str, frozen_dtype: str = "float32") -> Policy:
+def make_policy(model: str, frozen_dtype: str = "float32", **options) -> Policy:
+    """The model's policy built offline; `options`: Policy's speed and memory switches."""
     cfg = compose_config([f"model={model}"])
-    return Policy(instantiate(cfg.model.components), lora=cfg.model.lora, frozen_dtype=frozen_dtype)
+    return Policy(instantiate(cfg.model.components), lora=cfg.model.lora, frozen_dtype=frozen_dtype, **options)
 
 
 def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: torch.dtype = torch.float32):
@@ -40,16 +41,20 @@ def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: t
     return trajectories
 
 
+def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol: float = 1e-5) -> None:
+    """Re-scoring a shuffled training minibatch (other samples beside each one than at sampling,
+    time permuted per sample) reproduces the behaviour log-probs: pi / pi_old = 1."""
+    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1))[0]
+    for j in range(num_timesteps):
+        step = batch.column(j)
+        ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs)  # what the training loops call
+        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("model", ["tiny", "tiny_lora"])
 def test_importance_ratio_is_one_before_the_first_update(model):
     policy = make_policy(model)
-    trajectories = sample(policy)
-    # training minibatches differ from the sampling batches, and time is shuffled per sample
-    batch = training_batches(trajectories, batch_size=2, num_timesteps=4, generator=torch.Generator().manual_seed(1))[0]
-    for j in range(4):
-        log_prob = rescore(policy, batch.column(j), 5.0, 1.0)  # what the algorithms' training loops call
-        ratio = torch.exp(log_prob - batch.column(j).log_probs)
-        torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
+    assert_ratio_one(policy, sample(policy))
 
 
 def test_trajectory_shapes_and_chain():
