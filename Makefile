@@ -32,7 +32,7 @@ run: install
 	$(PY) -m rlft $(ARGS)
 
 test: install
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q --durations=15 tests $(ARGS)
 
 # torch and torch-xla $(XLA_VERSION) (with libtpu) and rlft, in $(XLA_VENV); the other pins as in .venv.
 install-tpu: $(XLA_STAMP)

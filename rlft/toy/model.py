@@ -1,0 +1,21 @@
+"""model=toy: the text-to-image model that `python -m rlft.pretrain` trains on the toy world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlft.errors import ConfigError
+from rlft.models import Components, load_pretrained
+
+SHIPPED = Path(__file__).parent / "pipeline"
+
+
+def load_toy(path: str | None = None) -> Components:
+    """The pipeline at `path`, or the one shipped with rlft."""
+    directory = Path(path).expanduser() if path else SHIPPED
+    if not (directory / "model_index.json").is_file():
+        raise ConfigError(
+            f"model=toy: no pretrained toy pipeline at {directory}; train one with `python -m rlft.pretrain` "
+            "and pass model.path=<its run directory>/pipeline"
+        )
+    return load_pretrained(hub_id=str(directory), path=str(directory))
