@@ -76,13 +76,14 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, algorithm):
 
 def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
     first = tmp_path / "first"
-    run_cli(["epochs=1", "sample.num_steps=2", f"output_root={first}"], cwd=tmp_path)
+    small = ["sample.num_steps=2", "sample.num_batches_per_epoch=1", "train.gradient_accumulation_steps=2"]
+    run_cli(["epochs=1", *small, f"output_root={first}"], cwd=tmp_path)
     run_dir = only_run(first)
-    result = run_cli(["epochs=2", "sample.num_steps=2", f"output_root={first}", f"resume={run_dir}"], cwd=tmp_path)
+    result = run_cli(["epochs=2", *small, f"output_root={first}", f"resume={run_dir}"], cwd=tmp_path)
     assert "resuming" in result.stdout + result.stderr
     assert [row["epoch"] for row in metrics(run_dir)] == ["0", "1"]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    run_cli(["epochs=3", "sample.num_steps=2", f"output_root={first}", f"resume={checkpoint}"], cwd=tmp_path)
+    run_cli(["epochs=3", *small, f"output_root={first}", f"resume={checkpoint}"], cwd=tmp_path)
     assert [row["epoch"] for row in metrics(run_dir)] == ["0", "1", "2"]
 
     missing = run_cli(["epochs=1", f"output_root={tmp_path / 'x'}", "resume=/no/such.ckpt"], cwd=tmp_path, check=False)

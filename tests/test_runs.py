@@ -41,7 +41,8 @@ NEEDS_WEIGHTS = {
     "llava_bertscore": "llava-hf/llava-1.5-7b-hf",
 }
 # (reward=remote needs a server: tests/test_reward_server.py runs it)
-AVAILABLE_REWARDS = [r for r in options("reward") if r not in {*NEEDS_WEIGHTS, "remote"}]
+# (the toy rewards score toy captions only: their run is in test_toy_rewards.py, with prompt=toy)
+AVAILABLE_REWARDS = [r for r in options("reward") if r not in {*NEEDS_WEIGHTS, "remote"} and not r.startswith("toy_")]
 
 
 @pytest.mark.parametrize("reward", sorted(NEEDS_WEIGHTS))
