@@ -56,3 +56,16 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def fake_pod(tmp_path, monkeypatch) -> Path:
+    """A 2-worker TPU pod on this machine: tests/fake_gcloud/gcloud first on PATH, each worker a
+    directory under the returned root; every gcloud call is logged to <root>/calls.jsonl."""
+    root = tmp_path / "pod"
+    root.mkdir()
+    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'fake_gcloud'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(root / "calls.jsonl"))
+    monkeypatch.setenv("FAKE_TPU_ROOT", str(root))
+    monkeypatch.setenv("FAKE_TPU_WORKERS", "2")
+    return root

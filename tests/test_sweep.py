@@ -2,9 +2,7 @@
 
 import csv
 import json
-import os
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -109,16 +107,11 @@ def test_process_group_launcher_runs_ddp_jobs_side_by_side(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_tpu_pod_launcher_copies_starts_and_collects(tmp_path, monkeypatch):
+def test_tpu_pod_launcher_copies_starts_and_collects(tmp_path, fake_pod):
     """hydra/launcher=rlft_tpu_pod against a `gcloud` that runs each of 2 'workers' in its own
     directory on this machine: the code and each job's config reach every worker, every worker runs
     the job, worker 0's output streams back, and its results come home."""
-    fake = Path(__file__).parent / "fake_gcloud"
-    calls = tmp_path / "gcloud_calls.jsonl"
-    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(calls))
-    monkeypatch.setenv("FAKE_TPU_ROOT", str(tmp_path / "pod"))
-    monkeypatch.setenv("FAKE_TPU_WORKERS", "2")
+    calls = fake_pod / "calls.jsonl"
     result = run_cli(
         [
             "-m",
@@ -145,11 +138,11 @@ def test_tpu_pod_launcher_copies_starts_and_collects(tmp_path, monkeypatch):
     (sweep,) = (tmp_path / "out" / "multirun").iterdir()
     for job in ("0", "1"):
         for worker in ("worker0", "worker1"):  # every worker ran the job from the shipped code
-            (remote,) = (tmp_path / "pod" / worker / "rlft" / "runs").glob(f"*_{job}")
+            (remote,) = (fake_pod / worker / "rlft" / "runs").glob(f"*_{job}")
             assert (remote / "final_metrics.json").is_file()
             assert yaml.safe_load((remote / "launch" / "config.yaml").read_text())["seed"] == int(job)
-        assert (tmp_path / "pod" / "worker1" / "rlft" / "code" / "rlft" / "train.py").is_file()
-        assert not list((tmp_path / "pod" / "worker0" / "rlft" / "code").glob(".venv*"))
+        assert (fake_pod / "worker1" / "rlft" / "code" / "rlft" / "train.py").is_file()
+        assert not list((fake_pod / "worker0" / "rlft" / "code").glob(".venv*"))
         local = sweep / job
         final = json.loads((local / "final_metrics.json").read_text())  # collected from worker 0
         with (local / "metrics.csv").open() as f:
@@ -158,11 +151,7 @@ def test_tpu_pod_launcher_copies_starts_and_collects(tmp_path, monkeypatch):
     assert result.stdout.count("epoch 0: reward_mean=") == 2  # rank 0's output only, once per job
 
 
-def test_tpu_pod_launcher_reports_a_failed_job(tmp_path, monkeypatch):
-    fake = Path(__file__).parent / "fake_gcloud"
-    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(tmp_path / "calls.jsonl"))
-    monkeypatch.setenv("FAKE_TPU_ROOT", str(tmp_path / "pod"))
+def test_tpu_pod_launcher_reports_a_failed_job(tmp_path, fake_pod):
     result = run_cli(
         [
             "-m",

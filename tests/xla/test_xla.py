@@ -92,18 +92,12 @@ def test_accelerator_counts_pjrt_cpu_devices():
     assert PJRTAccelerator.get_parallel_devices(1) == [torch.device("xla", 0)]
 
 
-def test_tpu_pod_launch_runs_the_xla_path_on_every_worker(tmp_path, monkeypatch):
+def test_tpu_pod_launch_runs_the_xla_path_on_every_worker(tmp_path, fake_pod):
     """`hardware=tpu_pod` (what `make tpu-train` runs) against the recording fake `gcloud`: every
     worker runs the shipped code on the XLA path (PJRT_DEVICE=CPU here, TPU on a pod) and worker 0's
     results come home."""
     import sys
-    from pathlib import Path
 
-    fake = Path(__file__).parents[1] / "fake_gcloud"
-    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_GCLOUD_LOG", str(tmp_path / "calls.jsonl"))
-    monkeypatch.setenv("FAKE_TPU_ROOT", str(tmp_path / "pod"))
-    monkeypatch.setenv("FAKE_TPU_WORKERS", "2")
     run_cli(
         [
             "-m",
@@ -122,7 +116,7 @@ def test_tpu_pod_launch_runs_the_xla_path_on_every_worker(tmp_path, monkeypatch)
         timeout=900,
     )
     for worker in ("worker0", "worker1"):
-        (remote,) = (tmp_path / "pod" / worker / "rlft" / "runs").glob("*_0")
+        (remote,) = (fake_pod / worker / "rlft" / "runs").glob("*_0")
         with (remote / "metrics.csv").open() as f:
             assert float(next(iter(csv.DictReader(f)))["xla_compiles"]) > 0  # ran on the XLA path
     (job,) = (tmp_path / "out" / "multirun").glob("*/0")
