@@ -18,7 +18,7 @@ XLA_STAMP := $(XLA_VENV)/.installed
 TPU_NAME ?=
 ZONE ?=
 
-.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train bench
+.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train bench pretrain-toy study
 
 install: $(STAMP)
 
@@ -64,3 +64,15 @@ lint: install
 
 clean:
 	rm -rf $(VENV) $(XLA_VENV) outputs .pytest_cache
+
+# The shipped toy model (rlft/toy/pipeline): the exact command that made it (conf/pretrain.yaml, seed 0).
+pretrain-toy: install
+	$(PY) -m rlft.pretrain hydra.run.dir=outputs/pretrain/toy $(ARGS)
+
+# The over-optimization study (README): DDPO and TDPO-R trained on colour alone, shape watched.
+STUDY ?= outputs/study
+study: install
+	$(PY) -m rlft experiment=overopt_ddpo hydra.run.dir=$(STUDY)/ddpo $(ARGS)
+	$(PY) -m rlft experiment=overopt_tdpo_r hydra.run.dir=$(STUDY)/tdpo_r $(ARGS)
+	$(PY) -m rlft.plot $(STUDY)/ddpo=DDPO $(STUDY)/tdpo_r=TDPO-R --smooth 5 --out $(STUDY)/overoptimization.png \
+		--metrics reward_mean eval_toy_shape_mean eval_toy_alignment_mean --title "trained on toy_color"

@@ -20,6 +20,7 @@ from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import LearnedReward, Reward, RewardRunner
 from rlft.sampler import rollout
+from rlft.showcase import showcase
 from rlft.trajectories import Trajectories
 from rlft.xla import compile_count, is_xla, sync
 
@@ -62,6 +63,7 @@ class RLModule(pl.LightningModule):
         self.run_dir = Path(run_dir)
         self.history: list[dict[str, float]] = []  # per-epoch metrics, also returned by rlft.train
         self.advantage_metrics: dict[str, float] = {}
+        self.showcase_results: dict[str, dict[str, float]] = {}  # "before"/"after": mean rewards
 
     # -- Lightning plumbing ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -82,6 +84,29 @@ class RLModule(pl.LightningModule):
         for reward in self.rewards.rewards.values():
             if isinstance(reward, LearnedReward) and reward.follows_run_device:
                 reward.move_to(self.device)  # this rank's device, now that Lightning has set it
+
+    def on_train_start(self) -> None:
+        if "before" not in self.showcase_results:  # (a resumed run keeps its own "before")
+            self.run_showcase("before")
+
+    def on_train_end(self) -> None:
+        self.run_showcase("after")
+
+    def run_showcase(self, when: str) -> None:
+        """Rank 0 samples the fixed showcase set (cfg.showcase) and saves images/<when>.png."""
+        if not self.cfg.showcase.samples or not self.trainer.is_global_zero:
+            return
+        scores = showcase(
+            self.policy,
+            self.prompts,
+            self.rewards,
+            self.cfg.showcase,
+            self.cfg.sample,
+            self.run_dir / "images" / f"{when}.png",
+        )
+        self.rewards.seconds = 0.0  # not an epoch's reward time
+        self.showcase_results[when] = scores
+        print(f"showcase {when} training: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
 
     def on_fit_end(self) -> None:
         self.rewards.close()
@@ -281,6 +306,7 @@ class RLModule(pl.LightningModule):
         checkpoint["rlft"] = {
             "algorithm": self.algorithm.state_dict(),
             "history": self.history,
+            "showcase": self.showcase_results,
             # plain types only, so that Lightning's weights_only loading accepts the checkpoint
             "rng": {"python": random.getstate(), "numpy": _numpy_state(), "torch": torch.get_rng_state()},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -290,6 +316,7 @@ class RLModule(pl.LightningModule):
         state = checkpoint["rlft"]
         self.algorithm.load_state_dict(state["algorithm"])
         self.history = list(state["history"])
+        self.showcase_results = dict(state.get("showcase", {}))
         random.setstate(state["rng"]["python"])
         kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))

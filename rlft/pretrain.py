@@ -13,6 +13,7 @@ no resume, logging or distribution needs, whose whole state is the saved pipelin
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -59,6 +60,11 @@ def reconstruction_accuracy(vae, world: ToyWorld, count: int, resolution: int) -
 def train_vae(vae, cfg: DictConfig, world: ToyWorld) -> None:
     settings = cfg.vae
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate)
+    # Warm-up then cosine decay: at a constant 1e-3 the loss spiked late and only 40% of the
+    # reconstructions read back right after 1000 steps; this reaches ~98% in 800.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.05
+    )
     vae.train()
     for step in range(1, settings.steps + 1):
         images, _ = world_batch(world, settings.batch_size, cfg.resolution)
@@ -67,7 +73,9 @@ def train_vae(vae, cfg: DictConfig, world: ToyWorld) -> None:
         loss = F.mse_loss(reconstruction, images) + settings.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         if step % settings.log_every == 0 or step == settings.steps:
             log.info("vae step %d: loss %.5f", step, loss.item())
     vae.eval()
@@ -80,46 +88,80 @@ def latent_scale(vae, world: ToyWorld, resolution: int) -> float:
     return float(1.0 / vae.encode(images).latent_dist.mode().std())
 
 
-def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld) -> None:
+def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Path) -> None:
+    """Epsilon-prediction training of the UNet, and of the text encoder with `train_text_encoder`;
+    every `eval_every` steps, the reader's accuracy of fresh samples and (with `snapshots`) the
+    pipeline as it stands, identical to a run stopped at that step."""
     settings = cfg.unet
-    unet, vae, scheduler = policy.unet, policy.vae, policy.scheduler
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.learning_rate)
-    captions = ToyPrompts().prompts
-    with torch.no_grad():  # the frozen text encoder's states, once per caption
-        states = dict(zip(captions, policy.encode_prompts(list(captions)), strict=True))
-    empty = policy.negative_embedding[0]
+    unet, vae, scheduler, text_encoder = policy.unet, policy.vae, policy.scheduler, policy.text_encoder
+    # A frozen random encoder over bytes left the prompts barely followed (background colour right
+    # in 20% of samples after 4000 steps): the words have to be recognised from characters, which
+    # random layers do not do. Trained jointly, the encoder learns it.
+    text_encoder.requires_grad_(settings.train_text_encoder)
+    parameters = [*unet.parameters(), *(text_encoder.parameters() if settings.train_text_encoder else [])]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
+    # Linear warm-up, then constant: the weights at step k do not depend on the total, so every
+    # snapshot is the model a shorter run would have made.
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / settings.warmup_steps))
     rng = random.Random(cfg.seed)
     unet.train()
+    text_encoder.train(settings.train_text_encoder)
     for step in range(1, settings.steps + 1):
         images, batch_captions = world_batch(world, settings.batch_size, cfg.resolution)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
-        conditions = torch.stack(
-            [empty if rng.random() < settings.caption_dropout else states[c] for c in batch_captions]
-        )
+        captions = ["" if rng.random() < settings.caption_dropout else c for c in batch_captions]
+        with torch.set_grad_enabled(settings.train_text_encoder):
+            conditions = text_encoder(policy.tokenize(captions))[0]
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
         noisy = scheduler.add_noise(latents, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps, conditions).sample, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        warmup.step()
         if step % settings.log_every == 0 or step == settings.steps:
             log.info("unet step %d: loss %.5f", step, loss.item())
-    unet.eval()
+        if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
+            finish_training(policy)
+            with torch.random.fork_rng(devices=[]):  # the training stream stays that of an unevaluated run
+                scores = sample_accuracy(policy, cfg, samples=settings.eval_samples)
+            log.info("unet step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+            if settings.snapshots:
+                save_pipeline(policy, output_dir / f"pipeline_step{step}", cfg.save_dtype)
+            unet.train()
+            text_encoder.train(settings.train_text_encoder)
+    finish_training(policy)
 
 
-def sample_accuracy(policy: Policy, cfg: DictConfig) -> dict[str, float]:
+def finish_training(policy: Policy) -> None:
+    """Evaluation mode, and the unconditional embedding of the (possibly trained) text encoder."""
+    policy.unet.eval()
+    policy.text_encoder.eval()
+    policy.negative_embedding = policy.encode_prompts([""])
+
+
+def save_pipeline(policy: Policy, directory: Path, dtype: str) -> None:
+    """The pipeline in diffusers' format, its weights stored in `dtype` (float16 halves the files;
+    model=toy loads them back in float32)."""
+    pipeline = copy.deepcopy(policy.pipeline())  # a copy: training goes on in float32
+    pipeline.to(getattr(torch, dtype))
+    pipeline.save_pretrained(directory, safe_serialization=True)
+
+
+def sample_accuracy(policy: Policy, cfg: DictConfig, samples: int | None = None) -> dict[str, float]:
     """Mean toy rewards of DDIM samples of the toy prompts at the default sampler settings."""
     settings = cfg.evaluation
+    samples = samples or settings.samples
     runner = RewardRunner({aspect: ToyReward(aspect) for aspect in ("color", "shape", "alignment")})
     rollout(
         policy,
         ToyPrompts(),
         runner,
         batch_size=settings.batch_size,
-        num_batches=settings.samples // settings.batch_size,
+        num_batches=max(1, samples // settings.batch_size),
         num_steps=settings.num_steps,
         guidance_scale=settings.guidance_scale,
         eta=settings.eta,
@@ -140,13 +182,13 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     components.vae.register_to_config(scaling_factor=latent_scale(components.vae, world, cfg.resolution))
     report = {"reconstruction_accuracy": reconstruction_accuracy(components.vae, world, 256, cfg.resolution)}
     log.info("vae: %.1f%% of reconstructions read back right", 100 * report["reconstruction_accuracy"])
-    policy = Policy(components, lora=None)  # (encodes the empty caption with the frozen text encoder)
-    train_unet(policy, cfg, world)
+    policy = Policy(components, lora=None)
+    train_unet(policy, cfg, world, output_dir)
     report.update(sample_accuracy(policy, cfg))
     report["seconds"] = time.perf_counter() - start
     log.info("samples: %s", ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
     pipeline_dir = output_dir / "pipeline"
-    policy.pipeline().save_pretrained(pipeline_dir, safe_serialization=True)
+    save_pipeline(policy, pipeline_dir, cfg.save_dtype)
     (output_dir / "pretrain_report.json").write_text(json.dumps(report, indent=1))
     log.info("saved the pipeline to %s (load it with model=toy model.path=%s)", pipeline_dir, pipeline_dir)
     return report

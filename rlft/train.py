@@ -273,4 +273,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         # the run's result, for launchers that run it in other processes (launchers/)
         final = module.history[-1] if module.history else {}
         (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
+        if module.showcase_results:
+            (run_dir / "showcase.json").write_text(json.dumps(module.showcase_results, indent=1))
     return module.history[-1] if module.history else {}

@@ -18,4 +18,7 @@ def load_toy(path: str | None = None) -> Components:
             f"model=toy: no pretrained toy pipeline at {directory}; train one with `python -m rlft.pretrain` "
             "and pass model.path=<its run directory>/pipeline"
         )
-    return load_pretrained(hub_id=str(directory), path=str(directory))
+    components = load_pretrained(hub_id=str(directory), path=str(directory))
+    for module in (components.unet, components.vae, components.text_encoder):
+        module.float()  # shipped in float16 to keep it small; rlft decides its own dtypes from here
+    return components
