@@ -36,7 +36,7 @@ SETTINGS = {
         "train.batch_size=2",
         "train.gradient_accumulation_steps=1",
     ],
-    "default": [],  # the default run's sizes (experiment=demo): 32 samples, 10 steps, batch 16, train 8 x 4
+    "default": [],  # the default run's (experiment=demo): 16 samples, 10 steps, batch 8, train 4 x 4
 }
 STEP_POINTS = (5, 10, 20)
 BATCH_POINTS = (2, 4, 8)

@@ -91,7 +91,7 @@ def latent_scale(vae, world: ToyWorld, resolution: int) -> float:
 def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Path) -> None:
     """Epsilon-prediction training of the UNet, and of the text encoder with `train_text_encoder`;
     every `eval_every` steps, the reader's accuracy of fresh samples and (with `snapshots`) the
-    pipeline as it stands, identical to a run stopped at that step."""
+    pipeline as it stands."""
     settings = cfg.unet
     unet, vae, scheduler, text_encoder = policy.unet, policy.vae, policy.scheduler, policy.text_encoder
     # A frozen random encoder over bytes left the prompts barely followed (background colour right
@@ -100,9 +100,11 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
     text_encoder.requires_grad_(settings.train_text_encoder)
     parameters = [*unet.parameters(), *(text_encoder.parameters() if settings.train_text_encoder else [])]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
-    # Linear warm-up, then constant: the weights at step k do not depend on the total, so every
-    # snapshot is the model a shorter run would have made.
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / settings.warmup_steps))
+    # Warm-up then cosine decay: at a constant 5e-4 the samples' accuracy stalled after ~2500 steps
+    # (alignment 10-18% over 128 samples, wandering with the noise of the last updates).
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=settings.warmup_fraction
+    )
     rng = random.Random(cfg.seed)
     unet.train()
     text_encoder.train(settings.train_text_encoder)
@@ -121,7 +123,7 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        warmup.step()
+        schedule.step()
         if step % settings.log_every == 0 or step == settings.steps:
             log.info("unet step %d: loss %.5f", step, loss.item())
         if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:

@@ -28,28 +28,15 @@ FAST = [
 ]
 
 
-# Tests run on the tiny random model with the JPEG reward (experiment=jpeg_demo) unless they
-# choose an experiment: the default run, the toy world, needs its pretrained pipeline and is tested
-# on its own (test_toy_demo.py, test_learning.py).
-BASE_EXPERIMENT = "experiment=jpeg_demo"
-
-
-def with_base_experiment(overrides: list[str]) -> list[str]:
-    chosen = any(o.split("=", 1)[0].lstrip("+~") == "experiment" for o in overrides)
-    return list(overrides) if chosen else [BASE_EXPERIMENT, *overrides]
-
-
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(
-            config_name="train", overrides=with_base_experiment(overrides), return_hydra_config=return_hydra_config
-        )
+        return compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     result = subprocess.run(
-        [sys.executable, "-m", "rlft", *with_base_experiment(args)],
+        [sys.executable, "-m", "rlft", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

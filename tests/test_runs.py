@@ -146,6 +146,7 @@ SUBSTITUTES = [
     "eval_rewards=[]",
     "num_checkpoints=1",
     "train.num_inner_epochs=1",
+    "showcase.samples=0",
 ]
 
 
