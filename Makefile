@@ -31,8 +31,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(PY) -m rlft $(ARGS)
 
+# Two pytest workers with one torch thread each: most tests start processes or import libraries
+# (one core each), and two 2-thread workers on 2 cores would spin against each other.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15 tests $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests $(ARGS)
 
 # torch and torch-xla $(XLA_VERSION) (with libtpu) and rlft, in $(XLA_VENV); the other pins as in .venv.
 install-tpu: $(XLA_STAMP)
