@@ -2,10 +2,11 @@
 
 Two stages on images drawn on the fly from `ToyWorld` (an endless, seeded stream): an AutoencoderKL
 learns to reconstruct them (32x32 -> 8x8x4 latents), then a UNet learns to denoise their latents
-conditioned on the captions' hidden states from a frozen, randomly initialised CLIP text encoder
+conditioned on the captions' hidden states from a small CLIP text encoder trained with it
 (byte-level tokenizer; 10% of captions dropped for classifier-free guidance). Each stage reports
-the exact reader's accuracy (rlft/toy/world.py): of the reconstructions, then of DDIM samples. The
-result is a diffusers pipeline directory, which `model=toy` loads.
+the exact reader's accuracy (rlft/toy/world.py): of the reconstructions, then of DDIM samples
+(samples.png shows the first 32). The result is a diffusers pipeline directory, which `model=toy`
+loads.
 
 The training loops are written here rather than with Lightning: two short supervised loops with
 no resume, logging or distribution needs, whose whole state is the saved pipeline.
@@ -25,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlft.config import CONFIG_DIR
 from rlft.models import build_offline
 from rlft.policy import Policy
 from rlft.rewards import RewardRunner
-from rlft.sampler import rollout
+from rlft.showcase import showcase
 from rlft.toy.prompts import ToyPrompts
 from rlft.toy.rewards import ToyReward
 from rlft.toy.world import ToyWorld, draw, read_scene
@@ -128,8 +129,7 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
             log.info("unet step %d: loss %.5f", step, loss.item())
         if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
             finish_training(policy)
-            with torch.random.fork_rng(devices=[]):  # the training stream stays that of an unevaluated run
-                scores = sample_accuracy(policy, cfg, samples=settings.eval_samples)
+            scores = sample_accuracy(policy, cfg, samples=settings.eval_samples)  # (in its own RNG streams)
             log.info("unet step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
             if settings.snapshots:
                 save_pipeline(policy, output_dir / f"pipeline_step{step}", cfg.save_dtype)
@@ -153,26 +153,20 @@ def save_pipeline(policy: Policy, directory: Path, dtype: str) -> None:
     pipeline.save_pretrained(directory, safe_serialization=True)
 
 
-def sample_accuracy(policy: Policy, cfg: DictConfig, samples: int | None = None) -> dict[str, float]:
-    """Mean toy rewards of DDIM samples of the toy prompts at the default sampler settings."""
+def sample_accuracy(
+    policy: Policy, cfg: DictConfig, samples: int | None = None, grid_path: Path | None = None
+) -> dict[str, float]:
+    """Mean toy rewards of DDIM samples of the toy prompts at the default sampler settings (a
+    showcase of `samples` images, seeded by the run's seed; the first 32 saved to `grid_path`)."""
     settings = cfg.evaluation
-    samples = samples or settings.samples
     runner = RewardRunner({aspect: ToyReward(aspect) for aspect in ("color", "shape", "alignment")})
-    rollout(
-        policy,
-        ToyPrompts(),
-        runner,
-        batch_size=settings.batch_size,
-        num_batches=max(1, samples // settings.batch_size),
-        num_steps=settings.num_steps,
-        guidance_scale=settings.guidance_scale,
-        eta=settings.eta,
-        generator=torch.Generator().manual_seed(cfg.seed),
-        rng=random.Random(cfg.seed),
+    shown = OmegaConf.create(
+        {"samples": samples or settings.samples, "batch_size": settings.batch_size, "seed": cfg.seed}
     )
-    scores = runner.collect()
+    shown.grid = 32 if grid_path else 0
+    scores = showcase(policy, ToyPrompts(), runner, shown, settings, grid_path or Path())
     runner.close()
-    return {f"sample_{aspect}": float(values.mean()) for aspect, values in scores.items()}
+    return {f"sample_{name.removeprefix('eval_').removesuffix('_mean')}": value for name, value in scores.items()}
 
 
 def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
@@ -186,7 +180,7 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     log.info("vae: %.1f%% of reconstructions read back right", 100 * report["reconstruction_accuracy"])
     policy = Policy(components, lora=None)
     train_unet(policy, cfg, world, output_dir)
-    report.update(sample_accuracy(policy, cfg))
+    report.update(sample_accuracy(policy, cfg, grid_path=output_dir / "samples.png"))
     report["seconds"] = time.perf_counter() - start
     log.info("samples: %s", ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
     pipeline_dir = output_dir / "pipeline"

@@ -18,6 +18,7 @@ from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
 from rlft.sampler import rollout
+from rlft.xla import is_xla
 
 
 def showcase(
@@ -35,7 +36,7 @@ def showcase(
     without (and a resumed run like an uninterrupted one).
     """
     device = policy.negative_embedding.device
-    generator = torch.Generator(device="cpu" if device.type == "xla" else device).manual_seed(settings.seed)
+    generator = torch.Generator(device="cpu" if is_xla(device) else device).manual_seed(settings.seed)
     batch_size = min(settings.batch_size, settings.samples)
     was_training = policy.training
     policy.eval()
