@@ -32,6 +32,7 @@ from rlft.config import CONFIG_DIR
 from rlft.models import build_offline
 from rlft.policy import Policy
 from rlft.rewards import RewardRunner
+from rlft.rewards.base import to_uint8
 from rlft.showcase import showcase
 from rlft.toy.prompts import ToyPrompts
 from rlft.toy.rewards import ToyReward
@@ -53,9 +54,8 @@ def reconstruction_accuracy(vae, world: ToyWorld, count: int, resolution: int) -
     images, _ = world_batch(world, count, resolution)
     with torch.no_grad():
         decoded = vae.decode(vae.encode(images).latent_dist.mode()).sample
-    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    truth = [read_scene(((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for image in images]
-    return float(np.mean([read_scene(p) == t for p, t in zip(pixels, truth, strict=True)]))
+    pairs = zip(to_uint8((decoded + 1) / 2), to_uint8((images + 1) / 2), strict=True)
+    return float(np.mean([read_scene(decoded_pixels) == read_scene(pixels) for decoded_pixels, pixels in pairs]))
 
 
 def train_vae(vae, cfg: DictConfig, world: ToyWorld) -> None:
