@@ -120,6 +120,8 @@ def _synchronize(device: torch.device) -> None:
 def compute_floor(module, cfg) -> tuple[float, float]:
     """Seconds of the epoch's model compute alone, (sampling, training): the same UNet and VAE calls
     on the same shapes, with none of the RL code (no log-probs, rewards, advantages or optimizer)."""
+    from rlft.trajectories import trained_steps
+
     policy, s, t = module.policy, cfg.sample, cfg.train
     device = policy.negative_embedding.device
     unet, dtype = policy.unet, next(policy.unet.parameters()).dtype
@@ -132,7 +134,8 @@ def compute_floor(module, cfg) -> tuple[float, float]:
         return latents, timesteps, embeds.expand(size * cfg_batch, -1, -1)
 
     samples = s.batch_size * s.num_batches_per_epoch
-    micro_steps = t.num_inner_epochs * (samples // t.batch_size) * max(1, int(s.num_steps * t.timestep_fraction))
+    trained_per_sample = trained_steps(s.num_steps, t.timestep_fraction, t.timestep_window)[1]
+    micro_steps = t.num_inner_epochs * (samples // t.batch_size) * trained_per_sample
     sample_inputs, train_inputs = unet_batch(s.batch_size), unet_batch(t.batch_size)
     final_latents = torch.randn((s.batch_size, *policy.latent_shape), device=device, dtype=policy.vae.dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in str(cfg.hardware.precision))

@@ -60,6 +60,37 @@ def character_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     return tokenizer
 
 
+def word_tokenizer(words: list[str], max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer in which each of `words` is one token; other text falls back to bytes.
+
+    Built as CLIP's own format (vocab + BPE merges) so that it saves and loads like any CLIP
+    tokenizer: each word gets the chain of merges that spells it left to right. BPE applies the
+    lowest-ranked applicable merge first, so longer words' chains are ranked first: a short word's
+    first merge ("r e" of "red") would otherwise split a longer word containing it ("green").
+    """
+    alphabet = _byte_unicode_alphabet()
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
+    merges: list[tuple[str, str]] = []
+    for word in sorted({w.lower() for w in words}, key=lambda w: (-len(w), w)):
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        spelled = pieces[0]
+        for piece in pieces[1:]:
+            merge = (spelled, piece)
+            spelled += piece
+            if merge not in merges:
+                merges.append(merge)
+            vocab.setdefault(spelled, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.model_max_length = max_length
+    split = [word for word in words if len(tokenizer.tokenize(word)) != 1]
+    if split:
+        raise ValueError(f"word_tokenizer: {split} do not come out as one token each")
+    return tokenizer
+
+
 def build_offline(
     seed: int,
     resolution: int,
@@ -70,9 +101,14 @@ def build_offline(
     attention_head_dim: int = 8,
     layers_per_block: int = 1,
     vae_norm_groups: int = 1,
+    vocabulary: list[str] | None = None,
+    max_length: int = 77,
 ) -> Components:
-    """A Stable-Diffusion-shaped model with random weights, identical for a given seed and shape."""
-    tokenizer = character_tokenizer()
+    """A Stable-Diffusion-shaped model with random weights, identical for a given seed and shape.
+
+    The tokenizer reads bytes, or with `vocabulary` whole words (one token each, bytes for the
+    rest); `max_length` is the padded prompt length the text encoder sees."""
+    tokenizer = word_tokenizer(vocabulary, max_length) if vocabulary else character_tokenizer(max_length)
     with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(

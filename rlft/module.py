@@ -155,6 +155,7 @@ class RLModule(pl.LightningModule):
             state_encoder=self.algorithm.state_encoder(),
             reference=self.algorithm.needs_reference,
             trajectory_dtype=getattr(torch, self.cfg.perf.trajectory_dtype),
+            images_per_prompt=s.images_per_prompt,
         )
         timings["sampling_s"] = time.perf_counter() - start
         return trajectories

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from rlft.errors import ConfigError
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
@@ -33,8 +34,12 @@ def rollout(
     state_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reference: bool = False,
     trajectory_dtype: torch.dtype = torch.float32,
+    images_per_prompt: int = 1,
 ) -> Trajectories:
     """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples.
+
+    `images_per_prompt` = k draws a prompt for every k consecutive samples (groups, so that
+    per-prompt advantages compare images of the same prompt from the first epoch on).
 
     With `state_encoder`, every state x_t (pure noise included) is decoded and encoded before its
     step (TDPO's critic input). With `reference`, the frozen reference policy also scores each
@@ -49,8 +54,10 @@ def rollout(
     bar = tqdm(total=num_batches * num_steps, desc=description, disable=not progress, leave=False, unit="step")
     keys = ("prompts", "metadata", "embeds", "chain", "log_probs", "images", "features", "reference_log_probs")
     parts: dict[str, list] = {key: [] for key in keys}
-    for _ in range(num_batches):
-        drawn = [prompts.sample(rng) for _ in range(batch_size)]
+    total = batch_size * num_batches
+    everything = draw_prompts(prompts, rng, total, images_per_prompt)
+    for start in range(0, total, batch_size):
+        drawn = everything[start : start + batch_size]
         batch_prompts = [prompt for prompt, _ in drawn]
         embeds = policy.encode_prompts(batch_prompts)
         x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
@@ -85,7 +92,6 @@ def rollout(
         if reference_log_probs:
             parts["reference_log_probs"].append(torch.stack(reference_log_probs, dim=1))
     bar.close()
-    total = batch_size * num_batches
     return Trajectories(
         prompts=parts["prompts"],
         metadata=parts["metadata"],
@@ -97,3 +103,16 @@ def rollout(
         state_features=torch.cat(parts["features"]) if parts["features"] else None,
         reference_log_probs=torch.cat(parts["reference_log_probs"]) if parts["reference_log_probs"] else None,
     )
+
+
+def draw_prompts(
+    prompts: PromptSource, rng: random.Random, count: int, images_per_prompt: int
+) -> list[tuple[str, dict]]:
+    """`count` (prompt, metadata) pairs: a fresh draw for every `images_per_prompt` in a row."""
+    if images_per_prompt < 1 or count % images_per_prompt:
+        raise ConfigError(
+            f"sample.images_per_prompt={images_per_prompt} must be at least 1 and divide the samples each "
+            f"process draws per epoch (sample.batch_size x sample.num_batches_per_epoch = {count})"
+        )
+    groups = [prompts.sample(rng) for _ in range(count // images_per_prompt)]
+    return [(prompt, dict(metadata)) for prompt, metadata in groups for _ in range(images_per_prompt)]

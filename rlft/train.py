@@ -93,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
             ),
         ),
         (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
+        (
+            len(t.timestep_window) == 2 and 0 <= t.timestep_window[0] < t.timestep_window[1] <= 1,
+            f"train.timestep_window={list(t.timestep_window)} must be [start, stop] with 0 <= start < stop <= 1",
+        ),
         (t.num_inner_epochs >= 1, "train.num_inner_epochs must be at least 1"),
         (
             cfg.perf.trajectory_dtype in ("float32", "bfloat16", "float16"),

@@ -106,15 +106,29 @@ class TimestepBatch:
     returns: torch.Tensor | None = None  # (B,)
 
 
+def trained_steps(num_steps: int, timestep_fraction: float, window: tuple[float, float]) -> tuple[range, int]:
+    """The sampler steps training draws from (`window`: fractions of the chain, 0 = the first,
+    noisiest step) and K, how many of them each sample trains on (`timestep_fraction` of them)."""
+    start, stop = round(window[0] * num_steps), round(window[1] * num_steps)
+    steps = range(start, max(stop, start + 1))
+    return steps, max(1, int(len(steps) * timestep_fraction))
+
+
 def training_batches(
-    trajectories: Trajectories, batch_size: int, num_timesteps: int, generator: torch.Generator
+    trajectories: Trajectories,
+    batch_size: int,
+    num_timesteps: int,
+    generator: torch.Generator,
+    steps: range | None = None,
 ) -> list[TrainingBatch]:
-    """Shuffle samples, shuffle time independently per sample, keep K columns, cut minibatches."""
-    n, steps = len(trajectories), trajectories.num_steps
+    """Shuffle samples, shuffle time independently per sample, keep K columns, cut minibatches.
+    `steps`: the sampler steps to draw the columns from (all of them by default)."""
+    n = len(trajectories)
+    steps = range(trajectories.num_steps) if steps is None else steps
     device = trajectories.chain.device
     order = torch.randperm(n, generator=generator).to(device)
-    time_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)]).to(device)
-    time_order = time_order[:, :num_timesteps]
+    time_order = torch.stack([torch.randperm(len(steps), generator=generator) for _ in range(n)]) + steps.start
+    time_order = time_order[:, :num_timesteps].to(device)
     rows = order[:, None]
     columns = time_order[order]
 

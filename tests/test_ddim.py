@@ -138,3 +138,20 @@ def test_generator_and_action_together_is_an_error(scheduler):
     x = torch.randn(1, 4, 4, 4)
     with pytest.raises(ValueError, match="not both"):
         ddim_step_with_logprob(scheduler, x, 501, x, 1.0, prev_sample=x, generator=torch.Generator())
+
+
+def test_v_prediction_on_a_zero_terminal_snr_schedule_steps_like_diffusers():
+    """model=toy's schedule: every trailing timestep, the first at SNR 0, lands where diffusers'
+    own DDIM step does (eta = 0, where the step is deterministic), and the log-prob stays finite."""
+    scheduler = make_scheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps[0] == 999 and scheduler.alphas_cumprod[999] < 1e-6
+    x = torch.randn(2, 4, 8, 8)
+    for t in scheduler.timesteps:
+        v = torch.randn_like(x)
+        ours, _ = ddim_step_with_logprob(scheduler, v, t, x, eta=0.0, generator=torch.Generator().manual_seed(0))
+        theirs = scheduler.step(v, t, x, eta=0.0).prev_sample
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        _, log_prob = ddim_step_with_logprob(scheduler, v, t, x, eta=1.0, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(log_prob).all()
+        x = ours

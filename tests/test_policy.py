@@ -103,3 +103,19 @@ def test_frozen_weights_in_half_precision_trainable_in_float32():
     assert policy.vae.dtype == torch.bfloat16 and policy.text_encoder.dtype == torch.bfloat16
     trajectories = sample(policy, steps=2, batches=1)
     assert torch.isfinite(trajectories.log_probs).all()
+
+
+def test_images_per_prompt_draws_groups_and_keeps_the_single_draw_sequence():
+    from rlft.errors import ConfigError
+    from rlft.sampler import draw_prompts
+    from rlft.toy.prompts import ToyPrompts
+
+    source = ToyPrompts()
+    grouped = draw_prompts(source, random.Random(0), 12, 4)
+    firsts = [source.sample(rng) for rng in [random.Random(0)] for _ in range(3)]
+    assert grouped == [pair for pair in firsts for _ in range(4)]
+    assert grouped[0][1] is not grouped[1][1]  # each sample owns its metadata
+    rng = random.Random(0)
+    assert draw_prompts(source, random.Random(0), 6, 1) == [source.sample(rng) for _ in range(6)]
+    with pytest.raises(ConfigError, match="images_per_prompt=4"):
+        draw_prompts(source, random.Random(0), 10, 4)

@@ -23,6 +23,11 @@ def test_pretrain_saves_a_pipeline_that_model_toy_trains(tmp_path):
     for key in ("reconstruction_accuracy", "sample_color", "sample_shape", "sample_alignment"):
         assert 0.0 <= report[key] <= 1.0
     assert (out / "pipeline" / "model_index.json").is_file()
+    from rlft.toy.model import load_toy
+
+    saved = load_toy(str(out / "pipeline"))  # the schedule and the word-level tokenizer travel with it
+    assert saved.scheduler.config.prediction_type == "v_prediction" and saved.scheduler.config.rescale_betas_zero_snr
+    assert len(saved.tokenizer.tokenize("a red circle on a blue background")) == 7
     result = run_cli(
         [*FAST, "model=toy", f"model.path={out / 'pipeline'}", "prompt=toy", "reward=toy_alignment"]
         + [f"output_root={tmp_path / 'runs'}"],

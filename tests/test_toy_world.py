@@ -30,3 +30,21 @@ def test_reader_tolerates_noise():
     noisy = [np.clip(draw(s).astype(int) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8) for s in scenes]
     agree = np.mean([read_scene(n) == (s.shape, s.color, s.background) for n, s in zip(noisy, scenes, strict=True)])
     assert agree >= 0.97
+
+
+def test_word_tokenizer_gives_each_toy_word_one_token_and_survives_saving(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from rlft.models import word_tokenizer
+    from rlft.toy.prompts import ToyPrompts
+
+    words = sorted({word for prompt in ToyPrompts().prompts for word in prompt.split()})
+    tokenizer = word_tokenizer(words, max_length=16)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path)
+    # "green" holds red's first pair and "triangle" an's: longer words' merges must rank first.
+    caption = "a green triangle on a red background"
+    assert loaded.tokenize(caption) == [word + "</w>" for word in caption.split()]
+    ids = loaded(caption, padding="max_length", max_length=loaded.model_max_length).input_ids
+    assert len(ids) == 16 and ids[0] == loaded.bos_token_id and ids[8] == loaded.eos_token_id
+    assert loaded.tokenize("a dog") == ["a</w>", "d", "o", "g</w>"]  # other words fall back to bytes

@@ -9,7 +9,7 @@ from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, 
 from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.errors import ConfigError
-from rlft.trajectories import Trajectories, rescore, training_batches
+from rlft.trajectories import Trajectories, rescore, trained_steps, training_batches
 
 
 def clipped_surrogate(
@@ -92,14 +92,16 @@ class DDPO(Algorithm):
         """Inner epochs; for each shuffled minibatch, for each of its K timestep columns: forward,
         loss, backward; an optimizer step after every `accumulation` minibatches (§3.3)."""
         t, s = learner.cfg.train, learner.cfg.sample
-        num_timesteps = max(1, int(trajectories.num_steps * t.timestep_fraction))
+        steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
         num_minibatches = len(trajectories) // t.batch_size
         accumulation = self.accumulation_steps(learner, num_minibatches)
         guidance = s.guidance_scale if t.cfg else 1.0
         metrics = MetricMeans()
         bar = learner.progress(t.num_inner_epochs * num_minibatches * num_timesteps)
         for _ in range(t.num_inner_epochs):
-            for index, batch in enumerate(training_batches(trajectories, t.batch_size, num_timesteps, generator)):
+            for index, batch in enumerate(
+                training_batches(trajectories, t.batch_size, num_timesteps, generator, steps)
+            ):
                 for j in range(num_timesteps):
                     step = batch.column(j)
                     log_prob = rescore(learner.policy, step, guidance, s.eta)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
+from rlft.errors import ConfigError
 from rlft.trajectories import Trajectories
 
 
@@ -51,7 +52,8 @@ def weighted_denoising_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """mean_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 with t ~ U{0..999} and the DDPM forward
-    process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction."""
+    process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction. For a
+    v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
     scheduler = learner.policy.scheduler
     batch = latents.shape[0]
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
@@ -59,7 +61,15 @@ def weighted_denoising_loss(
     timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
     noisy = scheduler.add_noise(latents.float(), noise, timesteps)
     predicted = learner.policy.predict_noise(noisy, timesteps, prompt_embeds, guidance_scale).float()
-    per_sample = ((predicted - noise) ** 2).mean(dim=tuple(range(1, noise.ndim)))
+    # The target the UNet was trained to predict: the noise, or (model=toy) the velocity.
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents.float(), noise, timesteps)
+    elif prediction_type == "epsilon":
+        target = noise
+    else:
+        raise ConfigError(f"RWR trains epsilon- or v-prediction models, not prediction_type={prediction_type!r}")
+    per_sample = ((predicted - target) ** 2).mean(dim=tuple(range(1, noise.ndim)))
     return (weights * per_sample).mean()
 
 

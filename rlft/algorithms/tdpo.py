@@ -16,7 +16,7 @@ from rlft.algorithms.running_moments import RunningMoments
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.embedders import ImageEmbedder
 from rlft.errors import ConfigError
-from rlft.trajectories import Trajectories, rescore, training_batches
+from rlft.trajectories import Trajectories, rescore, trained_steps, training_batches
 
 
 def discounted_returns(final_rewards: torch.Tensor, num_steps: int, gamma: float, step_terms=None) -> torch.Tensor:
@@ -179,14 +179,14 @@ class TDPO(Algorithm):
         """Timestep-outer, minibatch-inner (§5.5): for each column j, every minibatch takes one
         micro-step of policy + critic loss; both optimizers step every GA micro-steps."""
         t, s = learner.cfg.train, learner.cfg.sample
-        num_timesteps = max(1, int(trajectories.num_steps * t.timestep_fraction))
+        steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
         accumulation = t.gradient_accumulation_steps
         guidance = s.guidance_scale if t.cfg else 1.0
         metrics = MetricMeans()
         bar = learner.progress(t.num_inner_epochs * (len(trajectories) // t.batch_size) * num_timesteps)
         self.critic.train()  # dropout on while the critic learns
         for _ in range(t.num_inner_epochs):
-            batches = training_batches(trajectories, t.batch_size, num_timesteps, generator)
+            batches = training_batches(trajectories, t.batch_size, num_timesteps, generator, steps)
             micro_steps = 0
             for j in range(num_timesteps):
                 for batch in batches:
