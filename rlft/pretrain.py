@@ -36,7 +36,7 @@ from rlft.policy import Policy
 from rlft.rewards import RewardRunner
 from rlft.rewards.base import to_uint8
 from rlft.showcase import showcase
-from rlft.toy.prompts import ToyPrompts
+from rlft.toy.prompts import ToyPrompts, toy_vocabulary
 from rlft.toy.rewards import ToyReward
 from rlft.toy.world import ToyWorld, draw, read_scene
 
@@ -171,11 +171,6 @@ def sample_accuracy(
     scores = showcase(policy, ToyPrompts(), runner, shown, settings, grid_path or Path())
     runner.close()
     return {f"sample_{name.removeprefix('eval_').removesuffix('_mean')}": value for name, value in scores.items()}
-
-
-def toy_vocabulary() -> list[str]:
-    """Every word of the toy captions."""
-    return sorted({word for prompt in ToyPrompts().prompts for word in prompt.split()})
 
 
 def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:

@@ -39,6 +39,7 @@ TYPED_KEYS = {
     "train.gradient_accumulation_steps": int,
     "train.num_inner_epochs": int,
     "train.timestep_fraction": float,
+    "sample.images_per_prompt": int,
     "train.cfg": bool,
     "train.learning_rate": float,
     "train.adam_beta1": float,
@@ -93,6 +94,14 @@ def validate(cfg: DictConfig) -> None:
             ),
         ),
         (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
+        (
+            s.images_per_prompt >= 1 and (s.batch_size * s.num_batches_per_epoch) % s.images_per_prompt == 0,
+            (
+                f"sample.images_per_prompt={s.images_per_prompt} must be at least 1 and divide the samples each "
+                f"process draws per epoch (sample.batch_size x sample.num_batches_per_epoch = "
+                f"{s.batch_size * s.num_batches_per_epoch})"
+            ),
+        ),
         (
             len(t.timestep_window) == 2 and 0 <= t.timestep_window[0] < t.timestep_window[1] <= 1,
             f"train.timestep_window={list(t.timestep_window)} must be [start, stop] with 0 <= start < stop <= 1",

@@ -83,6 +83,8 @@ def test_missing_prompt_file_names_the_choices():
         ("sample.eta=0", "sample.eta=0"),
         ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps=3"),
         ("train.timestep_fraction=0", "timestep_fraction"),
+        ("train.timestep_window=[0.5,0.5]", r"timestep_window=\[0.5, 0.5\]"),
+        ("sample.images_per_prompt=3", "images_per_prompt=3 must"),
     ],
 )
 def test_bad_values_are_rejected(override, fragment):

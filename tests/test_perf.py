@@ -65,6 +65,20 @@ def test_timestep_fraction_trains_on_fewer_columns():
     assert_ratio_one(policy, trajectories, num_timesteps=2)
 
 
+def test_timestep_window_trains_only_its_part_of_the_chain():
+    from rlft.trajectories import trained_steps
+
+    assert trained_steps(10, 1.0, (0.0, 0.3)) == (range(3), 3)
+    assert trained_steps(10, 0.5, (0.5, 1.0)) == (range(5, 10), 2)
+    assert trained_steps(4, 1.0, (0.0, 0.1)) == (range(1), 1)  # never empty
+    policy = make_policy("tiny")
+    trajectories = sample(policy, steps=4)
+    steps, num_timesteps = trained_steps(4, 1.0, (0.5, 1.0))
+    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1), steps)[0]
+    assert set(batch.timesteps.flatten().tolist()) <= set(trajectories.timesteps[0, 2:].tolist())
+    assert set(batch.timesteps[0].tolist()) == set(trajectories.timesteps[0, 2:].tolist())
+
+
 def test_a_run_with_every_switch_on(tmp_path):
     from tests.conftest import FAST, run_cli
 
@@ -74,6 +88,8 @@ def test_a_run_with_every_switch_on(tmp_path):
         "perf.gradient_checkpointing=true",
         "perf.trajectory_dtype=bfloat16",
         "train.timestep_fraction=0.5",
+        "train.timestep_window=[0.0,0.5]",
+        "sample.images_per_prompt=2",
     ]
     result = run_cli([*FAST, *switches, f"output_root={tmp_path}"], cwd=tmp_path)
     assert result.stdout.count("reward_mean=") == 1

@@ -79,3 +79,25 @@ def test_weighted_denoising_loss_matches_a_hand_computation():
     guided = uncond + 5.0 * (cond - uncond)
     expected = (weights * ((guided - noise) ** 2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_denoising_loss_targets_the_velocity_for_a_v_prediction_model():
+    from rlft.ddim import make_scheduler
+
+    policy = make_policy("tiny")
+    policy.scheduler = make_scheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    learner = SimpleNamespace(policy=policy)
+    latents = torch.randn(2, 4, 8, 8)
+    embeds = policy.encode_prompts(["a cat", "a dog"])
+    weights = torch.tensor([1.0, 3.0])
+    loss = weighted_denoising_loss(learner, latents, embeds, weights, 1.0, torch.Generator().manual_seed(4))
+
+    generator = torch.Generator().manual_seed(4)
+    t = torch.randint(0, 1000, (2,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    a = policy.scheduler.alphas_cumprod[t].reshape(2, 1, 1, 1)
+    with torch.no_grad():
+        predicted = policy.unet(a.sqrt() * latents + (1 - a).sqrt() * noise, t, embeds).sample
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * latents
+    expected = (weights * ((predicted - velocity) ** 2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)

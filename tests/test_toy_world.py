@@ -36,10 +36,9 @@ def test_word_tokenizer_gives_each_toy_word_one_token_and_survives_saving(tmp_pa
     from transformers import CLIPTokenizer
 
     from rlft.models import word_tokenizer
-    from rlft.toy.prompts import ToyPrompts
+    from rlft.toy.prompts import toy_vocabulary
 
-    words = sorted({word for prompt in ToyPrompts().prompts for word in prompt.split()})
-    tokenizer = word_tokenizer(words, max_length=16)
+    tokenizer = word_tokenizer(toy_vocabulary(), max_length=16)
     tokenizer.save_pretrained(tmp_path)
     loaded = CLIPTokenizer.from_pretrained(tmp_path)
     # "green" holds red's first pair and "triangle" an's: longer words' merges must rank first.

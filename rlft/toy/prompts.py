@@ -24,3 +24,8 @@ class ToyPrompts(PromptSource):
     def sample(self, rng: random.Random) -> tuple[str, dict]:
         index = rng.randrange(len(self.labels))
         return self.prompts[index], dict(self.labels[index])
+
+
+def toy_vocabulary() -> list[str]:
+    """Every word of the toy captions (the pretrained text encoder's word-level vocabulary)."""
+    return sorted({word for prompt in ToyPrompts().prompts for word in prompt.split()})
