@@ -63,7 +63,7 @@ bench: install
 	$(PY) -m rlft.bench $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check rlft tests launchers
+	$(VENV)/bin/ruff check rlft tests launchers experiments
 
 clean:
 	rm -rf $(VENV) $(XLA_VENV) outputs .pytest_cache
