@@ -105,14 +105,22 @@ def rollout(
     )
 
 
+def group_problem(count: int, images_per_prompt: int) -> str | None:
+    """Why `images_per_prompt` cannot group `count` samples per process and epoch, or None."""
+    if images_per_prompt >= 1 and count % images_per_prompt == 0:
+        return None
+    return (
+        f"sample.images_per_prompt={images_per_prompt} must be at least 1 and divide the samples each "
+        f"process draws per epoch (sample.batch_size x sample.num_batches_per_epoch = {count})"
+    )
+
+
 def draw_prompts(
     prompts: PromptSource, rng: random.Random, count: int, images_per_prompt: int
 ) -> list[tuple[str, dict]]:
     """`count` (prompt, metadata) pairs: a fresh draw for every `images_per_prompt` in a row."""
-    if images_per_prompt < 1 or count % images_per_prompt:
-        raise ConfigError(
-            f"sample.images_per_prompt={images_per_prompt} must be at least 1 and divide the samples each "
-            f"process draws per epoch (sample.batch_size x sample.num_batches_per_epoch = {count})"
-        )
+    problem = group_problem(count, images_per_prompt)
+    if problem:
+        raise ConfigError(problem)
     groups = [prompts.sample(rng) for _ in range(count // images_per_prompt)]
     return [(prompt, dict(metadata)) for prompt, metadata in groups for _ in range(images_per_prompt)]

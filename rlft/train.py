@@ -19,6 +19,7 @@ from rlft.config import build, load_option
 from rlft.errors import ConfigError
 from rlft.module import RLModule
 from rlft.policy import Policy
+from rlft.sampler import group_problem
 
 log = logging.getLogger("rlft")
 
@@ -70,6 +71,7 @@ def validate(cfg: DictConfig) -> None:
     """Reject inconsistent settings before anything is built, naming the key and the fix."""
     _check_types(cfg)
     s, t = cfg.sample, cfg.train
+    grouping_problem = group_problem(s.batch_size * s.num_batches_per_epoch, s.images_per_prompt)
     checks = [
         (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
         (
@@ -94,14 +96,7 @@ def validate(cfg: DictConfig) -> None:
             ),
         ),
         (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
-        (
-            s.images_per_prompt >= 1 and (s.batch_size * s.num_batches_per_epoch) % s.images_per_prompt == 0,
-            (
-                f"sample.images_per_prompt={s.images_per_prompt} must be at least 1 and divide the samples each "
-                f"process draws per epoch (sample.batch_size x sample.num_batches_per_epoch = "
-                f"{s.batch_size * s.num_batches_per_epoch})"
-            ),
-        ),
+        (not grouping_problem, grouping_problem),
         (
             len(t.timestep_window) == 2 and 0 <= t.timestep_window[0] < t.timestep_window[1] <= 1,
             f"train.timestep_window={list(t.timestep_window)} must be [start, stop] with 0 <= start < stop <= 1",
