@@ -109,8 +109,9 @@ class TimestepBatch:
 def trained_steps(num_steps: int, timestep_fraction: float, window: tuple[float, float]) -> tuple[range, int]:
     """The sampler steps training draws from (`window`: fractions of the chain, 0 = the first,
     noisiest step) and K, how many of them each sample trains on (`timestep_fraction` of them)."""
-    start, stop = round(window[0] * num_steps), round(window[1] * num_steps)
-    steps = range(start, max(stop, start + 1))
+    start = min(round(window[0] * num_steps), num_steps - 1)  # at least the last step
+    stop = max(round(window[1] * num_steps), start + 1)
+    steps = range(start, stop)
     return steps, max(1, int(len(steps) * timestep_fraction))
 
 

@@ -71,6 +71,7 @@ def test_timestep_window_trains_only_its_part_of_the_chain():
     assert trained_steps(10, 1.0, (0.0, 0.3)) == (range(3), 3)
     assert trained_steps(10, 0.5, (0.5, 1.0)) == (range(5, 10), 2)
     assert trained_steps(4, 1.0, (0.0, 0.1)) == (range(1), 1)  # never empty
+    assert trained_steps(10, 1.0, (0.96, 1.0)) == (range(9, 10), 1)  # never past the last step
     policy = make_policy("tiny")
     trajectories = sample(policy, steps=4)
     steps, num_timesteps = trained_steps(4, 1.0, (0.5, 1.0))
