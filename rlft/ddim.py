@@ -12,6 +12,8 @@ import math
 import torch
 from diffusers import DDIMScheduler
 
+from rlft.errors import ConfigError
+
 # Floor on the step's standard deviation: eta = 0 or a zero-variance step would otherwise divide
 # by zero in the log-prob (the JAX reference clamps the same way).
 SIGMA_FLOOR = 1e-6
@@ -33,6 +35,21 @@ def make_scheduler(**overrides) -> DDIMScheduler:
     }
     config.update(overrides)
     return DDIMScheduler(**config)
+
+
+def denoising_target(
+    scheduler: DDIMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to predict from x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps: the noise eps,
+    or for a v-prediction model (model=toy) v = sqrt(a_t) eps - sqrt(1 - a_t) x_0."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ConfigError(
+        f"denoising losses train epsilon- or v-prediction models, not prediction_type={prediction_type!r}"
+    )
 
 
 def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.config import CONFIG_DIR
-from rlft.ddim import make_scheduler
+from rlft.ddim import denoising_target, make_scheduler
 from rlft.models import build_offline
 from rlft.policy import Policy
 from rlft.rewards import RewardRunner
@@ -92,7 +92,8 @@ def latent_scale(vae, world: ToyWorld, resolution: int) -> float:
 
 
 def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Path) -> None:
-    """Epsilon-prediction training of the UNet, and of the text encoder with `train_text_encoder`;
+    """Denoising training (the scheduler's prediction type) of the UNet, and of the text encoder
+    with `train_text_encoder`;
     every `eval_every` steps, the reader's accuracy of fresh samples and (with `snapshots`) the
     pipeline as it stands."""
     settings = cfg.unet
@@ -108,7 +109,6 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=settings.warmup_fraction
     )
-    predicts_velocity = scheduler.config.prediction_type == "v_prediction"
     rng = random.Random(cfg.seed)
     unet.train()
     text_encoder.train(settings.train_text_encoder)
@@ -122,7 +122,7 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),))
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = scheduler.get_velocity(latents, noise, timesteps) if predicts_velocity else noise
+        target = denoising_target(scheduler, latents, noise, timesteps)
         loss = F.mse_loss(unet(noisy, timesteps, conditions).sample, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

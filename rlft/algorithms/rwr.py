@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
-from rlft.errors import ConfigError
+from rlft.ddim import denoising_target
 from rlft.trajectories import Trajectories
 
 
@@ -61,14 +61,7 @@ def weighted_denoising_loss(
     timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
     noisy = scheduler.add_noise(latents.float(), noise, timesteps)
     predicted = learner.policy.predict_noise(noisy, timesteps, prompt_embeds, guidance_scale).float()
-    # The target the UNet was trained to predict: the noise, or (model=toy) the velocity.
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "v_prediction":
-        target = scheduler.get_velocity(latents.float(), noise, timesteps)
-    elif prediction_type == "epsilon":
-        target = noise
-    else:
-        raise ConfigError(f"RWR trains epsilon- or v-prediction models, not prediction_type={prediction_type!r}")
+    target = denoising_target(scheduler, latents.float(), noise, timesteps)
     per_sample = ((predicted - target) ** 2).mean(dim=tuple(range(1, noise.ndim)))
     return (weights * per_sample).mean()
 
