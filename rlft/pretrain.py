@@ -98,9 +98,9 @@ def train_unet(policy: Policy, cfg: DictConfig, world: ToyWorld, output_dir: Pat
     pipeline as it stands."""
     settings = cfg.unet
     unet, vae, scheduler, text_encoder = policy.unet, policy.vae, policy.scheduler, policy.text_encoder
-    # A frozen random encoder over bytes left the prompts barely followed (background colour right
-    # in 20% of samples after 4000 steps): the words have to be recognised from characters, which
-    # random layers do not do. Trained jointly, the encoder learns it.
+    # Frozen random layers over bytes left the prompts barely followed (background colour right in
+    # 20% of samples after 4000 steps): words must then be recognised from characters. Over the
+    # word tokenizer they suffice (the shipped model), the UNet learning to read them.
     text_encoder.requires_grad_(settings.train_text_encoder)
     parameters = [*unet.parameters(), *(text_encoder.parameters() if settings.train_text_encoder else [])]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate)
