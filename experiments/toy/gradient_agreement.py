@@ -5,7 +5,9 @@ the score-function DDPO gradient of each over chosen windows of the sampling cha
 cosine between the two estimates for the whole UNet and for its cross-attention: near 0, the
 estimate is noise; near 1, signal.
 
-    python experiments/toy/gradient_agreement.py [PIPELINE_DIR] [SAMPLES]
+    python experiments/toy/gradient_agreement.py [PIPELINE_DIR|-] [SAMPLES] [STEPS] [GUIDANCE]
+
+(`-`: the shipped model.) The README's figures: `- 256 5 1` (the toy demo's sampler settings).
 """
 
 import itertools
@@ -24,7 +26,6 @@ from rlft.toy.rewards import ToyReward
 from rlft.trajectories import rescore, training_batches
 
 GROUP = 8
-WINDOWS = {"all steps": range(10), "steps 0-2": range(3), "steps 3-5": range(3, 6), "steps 6-9": range(6, 10)}
 PARTS = {
     "whole UNet": lambda name: True,
     "cross-attention": lambda name: "attn2" in name,
@@ -32,10 +33,19 @@ PARTS = {
 }
 
 
-def gradients(policy: Policy, seed: int, samples: int) -> dict[str, torch.Tensor]:
+def windows(steps: int) -> dict[str, range]:
+    """The whole chain, each of its first three steps, and the rest."""
+    return {
+        "all steps": range(steps),
+        **{f"step {k}": range(k, k + 1) for k in range(min(3, steps))},
+        **({f"steps 3-{steps - 1}": range(3, steps)} if steps > 3 else {}),
+    }
+
+
+def gradients(policy: Policy, seed: int, samples: int, steps: int, guidance: float) -> dict[str, torch.Tensor]:
     runner = RewardRunner({"train": ToyReward("alignment")})
     trajectories = rollout(
-        policy, ToyPrompts(), runner, batch_size=64, num_batches=samples // 64, num_steps=10, guidance_scale=5.0,
+        policy, ToyPrompts(), runner, batch_size=64, num_batches=samples // 64, num_steps=steps, guidance_scale=guidance,
         eta=1.0, generator=torch.Generator().manual_seed(seed), rng=random.Random(seed), images_per_prompt=GROUP,
     )  # fmt: skip
     rewards = runner.collect()["train"].numpy()
@@ -43,24 +53,27 @@ def gradients(policy: Policy, seed: int, samples: int) -> dict[str, torch.Tensor
     trajectories.advantages = torch.as_tensor(advantages, dtype=torch.float32)
     params = policy.trainable_parameters()
     result = {}
-    for name, window in WINDOWS.items():
+    for name, window in windows(steps).items():
         for param in params:
             param.grad = None
         for batch in training_batches(trajectories, 32, len(window), torch.Generator().manual_seed(0), window):
             for j in range(len(window)):
                 step = batch.column(j)
-                (-(step.advantages * rescore(policy, step, 5.0, 1.0)).sum() / samples).backward()
+                (-(step.advantages * rescore(policy, step, guidance, 1.0)).sum() / samples).backward()
         result[name] = torch.cat([param.grad.flatten() for param in params])
     return result
 
 
 def main() -> None:
-    policy = Policy(load_toy(sys.argv[1] if len(sys.argv) > 1 else None), None)
-    samples = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+    args = sys.argv[1:]
+    policy = Policy(load_toy(args[0] if args and args[0] != "-" else None), None)
+    samples = int(args[1]) if len(args) > 1 else 256
+    steps = int(args[2]) if len(args) > 2 else 10
+    guidance = float(args[3]) if len(args) > 3 else 5.0
     names = [name for name, param in policy.unet.named_parameters() if param.requires_grad]
     offsets = list(itertools.accumulate([0] + [p.numel() for p in policy.trainable_parameters()]))
-    first, second = gradients(policy, 10, samples), gradients(policy, 11, samples)
-    for window in WINDOWS:
+    first, second = (gradients(policy, seed, samples, steps, guidance) for seed in (10, 11))
+    for window in windows(steps):
         for part, chosen in PARTS.items():
             pieces = [slice(offsets[i], offsets[i + 1]) for i, name in enumerate(names) if chosen(name)]
             a = torch.cat([first[window][piece] for piece in pieces])

@@ -1,0 +1,58 @@
+"""Do images of one prompt disagree? (README, "The toy world")
+
+Samples 8 images for each of 32 toy prompts at the given sampler settings and prints, for colour,
+background, shape and everything, the mean success and the mean within-prompt variance p(1-p):
+per-prompt advantages can only learn from that variance (a prompt that gets the same answer every
+time gives them nothing to compare).
+
+    python experiments/toy/prompt_contrast.py [PIPELINE_DIR|-] STEPS,GUIDANCE ...   (e.g. - 10,5 5,1)
+"""
+
+import random
+import sys
+
+import numpy as np
+import torch
+
+from rlft.policy import Policy
+from rlft.rewards.base import to_uint8
+from rlft.toy.model import load_toy
+from rlft.toy.prompts import ToyPrompts
+from rlft.toy.world import read_scene
+
+PROMPTS, IMAGES = 32, 8
+ASPECTS = {
+    "colour": lambda read, label: read[1] == label["color"],
+    "background": lambda read, label: read[2] == label["background"],
+    "shape": lambda read, label: read[0] == label["shape"],
+    "all": lambda read, label: read == (label["shape"], label["color"], label["background"]),
+}
+
+
+@torch.no_grad()
+def main() -> None:
+    path, *settings = sys.argv[1:]
+    policy = Policy(load_toy(None if path == "-" else path), None)
+    source, rng = ToyPrompts(), random.Random(0)
+    chosen = [rng.randrange(len(source.prompts)) for _ in range(PROMPTS)]
+    prompts = [source.prompts[i] for i in chosen for _ in range(IMAGES)]
+    labels = [source.labels[i] for i in chosen for _ in range(IMAGES)]
+    embeds = policy.encode_prompts(prompts)
+    for setting in settings:
+        steps, guidance = int(setting.split(",")[0]), float(setting.split(",")[1])
+        policy.scheduler.set_timesteps(steps)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn((len(prompts), *policy.latent_shape), generator=generator)
+        for t in policy.scheduler.timesteps:
+            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, 1.0, generator=generator)
+        reads = [read_scene(image) for image in to_uint8(policy.decode(x))]
+        parts = []
+        for aspect, right in ASPECTS.items():
+            success = np.array([right(r, label) for r, label in zip(reads, labels, strict=True)], float)
+            p = success.reshape(PROMPTS, IMAGES).mean(1)
+            parts.append(f"{aspect} {p.mean():.3f} (within-prompt variance {np.mean(p * (1 - p)):.3f})")
+        print(f"{steps} steps, guidance {guidance}: " + ", ".join(parts), flush=True)
+
+
+if __name__ == "__main__":
+    main()
