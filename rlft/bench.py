@@ -36,7 +36,7 @@ SETTINGS = {
         "train.batch_size=2",
         "train.gradient_accumulation_steps=1",
     ],
-    "default": [],  # the default run's (experiment=demo): 16 samples, 10 steps, batch 8, train 4 x 4
+    "default": [],  # experiment=demo's: 16 samples, 10 steps, batch 8, train 4 x 4
 }
 STEP_POINTS = (5, 10, 20)
 BATCH_POINTS = (2, 4, 8)
@@ -55,7 +55,14 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             config_name="train",
-            overrides=["sample.num_images_logged=0", "showcase.samples=0", *overrides, f"epochs={warmup + repeats}"],
+            # On the jpeg demo's sizes (experiment=demo) unless the overrides pick an experiment.
+            overrides=[
+                *([] if any(o.startswith("experiment=") for o in overrides) else ["experiment=demo"]),
+                "sample.num_images_logged=0",
+                "showcase.samples=0",
+                *overrides,
+                f"epochs={warmup + repeats}",
+            ],
         )
     validate(cfg)
     pl.seed_everything(cfg.seed, verbose=False)

@@ -28,15 +28,23 @@ FAST = [
 ]
 
 
+def pinned(overrides: list[str]) -> list[str]:
+    """The overrides on the jpeg demo's base (experiment=demo, the tiny model) unless they choose an
+    experiment: tests are sized for it, and the default run (the toy demo) may change."""
+    if any(o.startswith(("experiment=", "+experiment=")) for o in overrides):
+        return list(overrides)
+    return ["experiment=demo", *overrides]
+
+
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=return_hydra_config)
+        return compose(config_name="train", overrides=pinned(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     result = subprocess.run(
-        [sys.executable, "-m", "rlft", *args],
+        [sys.executable, "-m", "rlft", *pinned(args)],
         cwd=cwd,
         env=env,
         capture_output=True,

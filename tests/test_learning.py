@@ -1,4 +1,5 @@
-"""Learning, not just running: every algorithm raises, on the tiny model, a reward it can see.
+"""Learning, not just running: every algorithm raises, on the tiny model, a reward it can see;
+DDPO also raises the toy model's exactly-read colour accuracy (the last test).
 
 Seeded runs with brightness as the reward. Each margin was set from a measured run at about half
 to two thirds of the measured gain (mean of the last three epochs minus epoch 0), so that it holds
@@ -15,6 +16,7 @@ Measured on 2 CPU cores (seed 42):
 """
 
 import csv
+import json
 
 import pytest
 
@@ -58,3 +60,17 @@ def test_algorithm_raises_brightness(tmp_path, algorithm):
     rewards = rewards_of_run(tmp_path, [f"algorithm={algorithm}", *overrides])
     first, last = rewards[0], sum(rewards[-3:]) / 3
     assert last > first + margin, rewards
+
+
+def test_ddpo_raises_the_toy_models_colour_accuracy(tmp_path):
+    """On the toy world the reward is the accuracy itself, read exactly from the pixels: the
+    toy demo's DDPO settings trained on colour (experiment=overopt_ddpo) for 80 epochs. Measured
+    (seed 42, the same 256 showcase prompts and seeds before and after): colour right 82.8% ->
+    91.0% in 80 epochs (94.1% after the study's 200); the margin is half that gain."""
+    cfg = compose_config(
+        ["experiment=overopt_ddpo", "eval_rewards=[]", "epochs=80", "showcase.grid=0", f"output_root={tmp_path}"]
+    )
+    train(cfg, tmp_path / "run")
+    shown = json.loads((tmp_path / "run" / "showcase.json").read_text())
+    before, after = shown["before"]["reward_mean"], shown["after"]["reward_mean"]
+    assert after > before + 0.04, shown

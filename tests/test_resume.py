@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import pinned, run_cli
 
 ARGS = [
     "epochs=6",
@@ -50,7 +50,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, algorithm):
     interrupted = tmp_path / "interrupted"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "rlft", *args, f"output_root={interrupted}"],
+        [sys.executable, "-m", "rlft", *pinned(args), f"output_root={interrupted}"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ import torch
 from rlft.errors import RewardServerError
 from rlft.rewards import Brightness, RemoteReward
 from rlft.rewards.wire import encode_request
-from tests.conftest import run_cli
+from tests.conftest import pinned, run_cli
 
 
 def start_server(tmp_path, *overrides) -> tuple[subprocess.Popen, str]:
@@ -118,7 +118,7 @@ def test_a_server_that_dies_mid_run_stops_training_with_its_checkpoint(tmp_path)
         f"output_root={tmp_path / 'out'}",
     ]
     training = subprocess.Popen(
-        [sys.executable, "-m", "rlft", *args],
+        [sys.executable, "-m", "rlft", *pinned(args)],
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         stdout=subprocess.PIPE,
