@@ -33,7 +33,7 @@ def pinned(overrides: list[str]) -> list[str]:
     experiment: tests are sized for it, and the default run (the toy demo) may change."""
     if any(o.startswith(("experiment=", "+experiment=")) for o in overrides):
         return list(overrides)
-    return ["experiment=demo", *overrides]
+    return [*overrides, "experiment=demo"]  # last: no Hydra flag (-m) may follow an override
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
