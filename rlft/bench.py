@@ -48,7 +48,7 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     import lightning.pytorch as pl
     from hydra import compose, initialize_config_dir
 
-    from rlft.config import CONFIG_DIR
+    from rlft.config import CONFIG_DIR, on_experiment
     from rlft.train import _quiet_known_warnings, build_module, build_trainer, validate
 
     _quiet_known_warnings()
@@ -56,13 +56,9 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
         cfg = compose(
             config_name="train",
             # On the jpeg demo's sizes (experiment=demo) unless the overrides pick an experiment.
-            overrides=[
-                *([] if any(o.startswith("experiment=") for o in overrides) else ["experiment=demo"]),
-                "sample.num_images_logged=0",
-                "showcase.samples=0",
-                *overrides,
-                f"epochs={warmup + repeats}",
-            ],
+            overrides=on_experiment(
+                ["sample.num_images_logged=0", "showcase.samples=0", *overrides, f"epochs={warmup + repeats}"], "demo"
+            ),
         )
     validate(cfg)
     pl.seed_everything(cfg.seed, verbose=False)

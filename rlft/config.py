@@ -15,6 +15,14 @@ _PACKAGED = Path(__file__).parent / "conf"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent / "conf"
 
 
+def on_experiment(overrides: list[str], experiment: str) -> list[str]:
+    """`overrides` on `experiment` unless they choose one themselves. Appended, not prepended: on
+    the command line no Hydra flag (such as -m) may follow an override."""
+    if any(o.startswith(("experiment=", "+experiment=")) for o in overrides):
+        return list(overrides)
+    return [*overrides, f"experiment={experiment}"]
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 

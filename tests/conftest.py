@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from rlft.config import CONFIG_DIR
+from rlft.config import CONFIG_DIR, on_experiment
 
 # A run small enough for a smoke test: 4 samples of 3 steps, one epoch.
 FAST = [
@@ -31,9 +31,7 @@ FAST = [
 def pinned(overrides: list[str]) -> list[str]:
     """The overrides on the jpeg demo's base (experiment=demo, the tiny model) unless they choose an
     experiment: tests are sized for it, and the default run (the toy demo) may change."""
-    if any(o.startswith(("experiment=", "+experiment=")) for o in overrides):
-        return list(overrides)
-    return [*overrides, "experiment=demo"]  # last: no Hydra flag (-m) may follow an override
+    return on_experiment(overrides, "demo")
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlft.config import CONFIG_DIR, build, options
+from rlft.config import CONFIG_DIR, build, on_experiment, options
 from rlft.errors import ConfigError
 from rlft.train import validate
 from tests.conftest import compose_config, run_cli
@@ -150,3 +150,10 @@ def test_tdpo_embedder_arguments_are_checked(tmp_path):
     cfg = compose_config(["algorithm=tdpo", "model.image_embedder.layers=two"])
     with pytest.raises(ConfigError, match=r"algorithm\.embedder\.layers='two' should be of type int"):
         build_module(cfg, tmp_path)
+
+
+def test_on_experiment_appends_the_experiment_unless_one_is_chosen():
+    assert on_experiment(["-m", "seed=0,1"], "demo") == ["-m", "seed=0,1", "experiment=demo"]
+    assert on_experiment(["experiment=toy_demo", "seed=1"], "demo") == ["experiment=toy_demo", "seed=1"]
+    assert on_experiment(["+experiment=x"], "demo") == ["+experiment=x"]
+    assert compose_config(["seed=3"]).model.components._target_ != "rlft.toy.model.load_toy"  # the tests' base
