@@ -3,8 +3,8 @@
 Two stages on images drawn on the fly from `ToyWorld` (an endless, seeded stream): an AutoencoderKL
 learns to reconstruct them (32x32 -> 8x8x4 latents), then a UNet learns to denoise their latents
 (v-prediction on a zero-terminal-SNR schedule, conf `scheduler`) conditioned on the captions'
-hidden states from a small CLIP text encoder trained with it (one token per word; 10% of captions
-dropped for classifier-free guidance). Each stage reports
+hidden states from a small CLIP text encoder (one token per word; left at its random initialisation
+unless `unet.train_text_encoder`; 10% of captions dropped for classifier-free guidance). Each stage reports
 the exact reader's accuracy (rlft/toy/world.py): of the reconstructions, then of DDIM samples
 (samples.png shows the first 32). The result is a diffusers pipeline directory, which `model=toy`
 loads.
@@ -160,7 +160,7 @@ def save_pipeline(policy: Policy, directory: Path, dtype: str) -> None:
 def sample_accuracy(
     policy: Policy, cfg: DictConfig, samples: int | None = None, grid_path: Path | None = None
 ) -> dict[str, float]:
-    """Mean toy rewards of DDIM samples of the toy prompts at the default sampler settings (a
+    """Mean toy rewards of DDIM samples of the toy prompts at conf `evaluation`'s sampler settings (a
     showcase of `samples` images, seeded by the run's seed; the first 32 saved to `grid_path`)."""
     settings = cfg.evaluation
     runner = RewardRunner({aspect: ToyReward(aspect) for aspect in ("color", "shape", "alignment")})
