@@ -9,7 +9,7 @@ import torch
 
 from rlft.algorithms import FilterAndFinetune, RewardWeightedRegression
 from rlft.algorithms.base import EpochSamples
-from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss
+from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss, window_timesteps
 from tests.test_policy import make_policy
 
 
@@ -101,3 +101,29 @@ def test_denoising_loss_targets_the_velocity_for_a_v_prediction_model():
     velocity = a.sqrt() * noise - (1 - a).sqrt() * latents
     expected = (weights * ((predicted - velocity) ** 2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_timestep_window_maps_to_the_noise_levels_of_that_part_of_the_chain():
+    assert window_timesteps(1000, (0.0, 1.0)) == range(1000)  # the reference: every t
+    assert window_timesteps(1000, (0.0, 0.4)) == range(600, 1000)  # the first 40%: the noisiest t
+    assert window_timesteps(1000, (0.5, 1.0)) == range(500)
+    assert window_timesteps(10, (0.25, 0.3)) == range(7, 8)  # rounded, never empty
+
+
+def test_the_loss_draws_its_timesteps_from_the_window():
+    policy = make_policy("tiny")
+    seen = []
+    policy.unet.register_forward_pre_hook(lambda unet, args: seen.append(args[1].clone()))
+    latents = torch.randn(64, 4, 8, 8)
+    embeds = policy.encode_prompts(["a cat"]).expand(64, -1, -1)
+    weighted_denoising_loss(
+        SimpleNamespace(policy=policy),
+        latents,
+        embeds,
+        torch.ones(64),
+        1.0,
+        torch.Generator().manual_seed(0),
+        range(600, 1000),
+    )
+    drawn = torch.cat(seen)
+    assert drawn.min() >= 600 and drawn.max() <= 999 and drawn.unique().numel() > 30

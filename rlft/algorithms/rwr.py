@@ -43,6 +43,15 @@ def top_percentile_weights(rewards: np.ndarray, percentile: float) -> np.ndarray
     return (rewards >= np.percentile(rewards, percentile)).astype(np.float64)
 
 
+def window_timesteps(num_train_timesteps: int, window: tuple[float, float]) -> range:
+    """The training timesteps that `train.timestep_window` (fractions of the sampling chain from its
+    first, pure-noise step) covers: its noise levels, t from T(1 - stop) to T(1 - start). The whole
+    chain [0, 1] is every t, as the reference's RWR draws them."""
+    start = round(num_train_timesteps * (1 - window[1]))
+    stop = max(round(num_train_timesteps * (1 - window[0])), start + 1)
+    return range(start, stop)
+
+
 def weighted_denoising_loss(
     learner: Learner,
     latents: torch.Tensor,
@@ -50,13 +59,15 @@ def weighted_denoising_loss(
     weights: torch.Tensor,
     guidance_scale: float,
     generator: torch.Generator,
+    timesteps_from: range | None = None,
 ) -> torch.Tensor:
-    """mean_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 with t ~ U{0..999} and the DDPM forward
-    process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction. For a
-    v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
+    """mean_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 with t ~ U{0..999} (or `timesteps_from`)
+    and the DDPM forward process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided
+    prediction. For a v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
     scheduler = learner.policy.scheduler
     batch = latents.shape[0]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    drawn = timesteps_from or range(scheduler.config.num_train_timesteps)
+    timesteps = torch.randint(drawn.start, drawn.stop, (batch,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device)
     timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
     noisy = scheduler.add_noise(latents.float(), noise, timesteps)
@@ -79,9 +90,11 @@ class RewardWeightedRegression(Algorithm):
 
     def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
         """num_inner_epochs shuffled passes over the samples with a non-zero weight (all of them for
-        RWR, the kept ones for RWR-sparse); an optimizer step every GA minibatches and after the last."""
+        RWR, the kept ones for RWR-sparse); an optimizer step every GA minibatches and after the last.
+        The noise levels trained on are those of train.timestep_window's part of the chain."""
         t = learner.cfg.train
         guidance = learner.cfg.sample.guidance_scale if t.cfg else 1.0
+        timesteps_from = window_timesteps(learner.policy.scheduler.config.num_train_timesteps, t.timestep_window)
         final_latents = trajectories.chain[:, -1]
         weights = trajectories.advantages
         kept = weights.nonzero().squeeze(-1)
@@ -94,7 +107,13 @@ class RewardWeightedRegression(Algorithm):
             for index in range(num_minibatches):
                 rows = order[index * t.batch_size : (index + 1) * t.batch_size]
                 loss = weighted_denoising_loss(
-                    learner, final_latents[rows], trajectories.prompt_embeds[rows], weights[rows], guidance, generator
+                    learner,
+                    final_latents[rows],
+                    trajectories.prompt_embeds[rows],
+                    weights[rows],
+                    guidance,
+                    generator,
+                    timesteps_from,
                 )
                 # the mean over this accumulation window's minibatches (the last window may be short)
                 window_start = index - index % accumulation
