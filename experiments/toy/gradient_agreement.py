@@ -5,8 +5,9 @@ the score-function DDPO gradient of each over chosen windows of the sampling cha
 cosine between the two estimates for the whole UNet and for its cross-attention: near 0, the
 estimate is noise; near 1, signal.
 
-    python experiments/toy/gradient_agreement.py [PIPELINE_DIR|-] [SAMPLES] [STEPS] [GUIDANCE]
+    python experiments/toy/gradient_agreement.py [PIPELINE_DIR|-] [SAMPLES] [STEPS] [GUIDANCE] [REWARD]
 
+(REWARD: alignment, the default, color or shape: the toy reward the advantages come from.)
 (`-`: the shipped model.) The README's figures: `- 256 5 1` (the toy demo's sampler settings).
 """
 
@@ -42,8 +43,10 @@ def windows(steps: int) -> dict[str, range]:
     }
 
 
-def gradients(policy: Policy, seed: int, samples: int, steps: int, guidance: float) -> dict[str, torch.Tensor]:
-    runner = RewardRunner({"train": ToyReward("alignment")})
+def gradients(
+    policy: Policy, seed: int, samples: int, steps: int, guidance: float, reward: str
+) -> dict[str, torch.Tensor]:
+    runner = RewardRunner({"train": ToyReward(reward)})
     trajectories = rollout(
         policy, ToyPrompts(), runner, batch_size=64, num_batches=samples // 64, num_steps=steps, guidance_scale=guidance,
         eta=1.0, generator=torch.Generator().manual_seed(seed), rng=random.Random(seed), images_per_prompt=GROUP,
@@ -70,9 +73,10 @@ def main() -> None:
     samples = int(args[1]) if len(args) > 1 else 256
     steps = int(args[2]) if len(args) > 2 else 10
     guidance = float(args[3]) if len(args) > 3 else 5.0
+    reward = args[4] if len(args) > 4 else "alignment"
     names = [name for name, param in policy.unet.named_parameters() if param.requires_grad]
     offsets = list(itertools.accumulate([0] + [p.numel() for p in policy.trainable_parameters()]))
-    first, second = (gradients(policy, seed, samples, steps, guidance) for seed in (10, 11))
+    first, second = (gradients(policy, seed, samples, steps, guidance, reward) for seed in (10, 11))
     for window in windows(steps):
         for part, chosen in PARTS.items():
             pieces = [slice(offsets[i], offsets[i + 1]) for i, name in enumerate(names) if chosen(name)]
