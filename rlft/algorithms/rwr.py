@@ -66,7 +66,7 @@ def weighted_denoising_loss(
     prediction. For a v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
     scheduler = learner.policy.scheduler
     batch = latents.shape[0]
-    drawn = timesteps_from or range(scheduler.config.num_train_timesteps)
+    drawn = range(scheduler.config.num_train_timesteps) if timesteps_from is None else timesteps_from
     timesteps = torch.randint(drawn.start, drawn.stop, (batch,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator, device=generator.device)
     timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
