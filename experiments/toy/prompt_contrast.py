@@ -3,13 +3,17 @@
 Samples 8 images for each of 32 toy prompts at the given sampler settings and prints, for colour,
 background, shape and everything, the mean success and the mean within-prompt variance p(1-p):
 per-prompt advantages can only learn from that variance (a prompt that gets the same answer every
-time gives them nothing to compare).
+time gives them nothing to compare). A second line gives the shapes asked for against the shapes
+read back (which shape the model's errors fall on).
 
-    python experiments/toy/prompt_contrast.py [PIPELINE_DIR|-] STEPS,GUIDANCE ...   (e.g. - 10,5 5,1)
+    python experiments/toy/prompt_contrast.py [PIPELINE_DIR|-] STEPS,GUIDANCE[,ETA] ...   (e.g. - 10,5 5,1 5,1,0)
+
+ETA defaults to 1 (DDPO's sampler); 0 is deterministic DDIM.
 """
 
 import random
 import sys
+from collections import Counter
 
 import numpy as np
 import torch
@@ -39,19 +43,22 @@ def main() -> None:
     labels = [source.labels[i] for i in chosen for _ in range(IMAGES)]
     embeds = policy.encode_prompts(prompts)
     for setting in settings:
-        steps, guidance = int(setting.split(",")[0]), float(setting.split(",")[1])
+        steps, guidance, *rest = setting.split(",")
+        steps, guidance, eta = int(steps), float(guidance), float(rest[0]) if rest else 1.0
         policy.scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(0)
         x = torch.randn((len(prompts), *policy.latent_shape), generator=generator)
         for t in policy.scheduler.timesteps:
-            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, 1.0, generator=generator)
+            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, eta, generator=generator)
         reads = [read_scene(image) for image in to_uint8(policy.decode(x))]
         parts = []
         for aspect, right in ASPECTS.items():
             success = np.array([right(r, label) for r, label in zip(reads, labels, strict=True)], float)
             p = success.reshape(PROMPTS, IMAGES).mean(1)
             parts.append(f"{aspect} {p.mean():.3f} (within-prompt variance {np.mean(p * (1 - p)):.3f})")
-        print(f"{steps} steps, guidance {guidance}: " + ", ".join(parts), flush=True)
+        print(f"{steps} steps, guidance {guidance}, eta {eta}: " + ", ".join(parts), flush=True)
+        confusion = Counter((label["shape"], read[0]) for read, label in zip(reads, labels, strict=True))
+        print("  asked -> read: " + ", ".join(f"{a} -> {r} {n}" for (a, r), n in sorted(confusion.items())))
 
 
 if __name__ == "__main__":
