@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from rlft.algorithms import FilterAndFinetune
 from rlft.config import CONFIG_DIR
-from rlft.toy.world import Scene, draw
+from rlft.toy.world import ToyWorld, draw
 from rlft.train import train
 
 DEFAULTS = [
@@ -45,15 +45,13 @@ class FilterAndFinetuneOnWorldImages(FilterAndFinetune):
     """RWR-sparse whose kept samples' final latents are swapped for encoded world images of the
     same labels (shape, colour, background) at a random position and size."""
 
-    rng = np.random.default_rng(0)
+    world = ToyWorld(0)
 
     def optimize(self, learner, trajectories, generator):
         vae = learner.policy.vae
         images = []
         for labels in trajectories.metadata:
-            size = float(self.rng.uniform(0.35, 0.7))
-            center = tuple(float(self.rng.uniform(size / 2, 1 - size / 2)) for _ in range(2))
-            scene = Scene(labels["shape"], labels["color"], labels["background"], center, size)
+            scene = self.world.placed(labels["shape"], labels["color"], labels["background"])
             images.append(draw(scene, trajectories.images.shape[-1]))
         pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():

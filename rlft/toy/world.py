@@ -55,10 +55,18 @@ class ToyWorld:
         names = list(COLORS)
         color = names[self.rng.integers(len(names))]
         background = [n for n in names if n != color][self.rng.integers(len(names) - 1)]
+        center, size = self._placement()
+        return Scene(SHAPES[self.rng.integers(len(SHAPES))], color, background, center, size)
+
+    def placed(self, shape: str, color: str, background: str) -> Scene:
+        """A scene of the given labels at a random position and size."""
+        center, size = self._placement()
+        return Scene(shape, color, background, center, size)
+
+    def _placement(self) -> tuple[tuple[float, float], float]:
         size = float(self.rng.uniform(self.min_size, self.max_size))
         half = size / 2
-        center = (float(self.rng.uniform(half, 1 - half)), float(self.rng.uniform(half, 1 - half)))
-        return Scene(SHAPES[self.rng.integers(len(SHAPES))], color, background, center, size)
+        return (float(self.rng.uniform(half, 1 - half)), float(self.rng.uniform(half, 1 - half))), size
 
     def scenes(self, count: int) -> list[Scene]:
         return [self.scene() for _ in range(count)]
