@@ -1,4 +1,4 @@
-"""Learning, not just running: every algorithm raises the accuracy it is rewarded for.
+"""Learning, not just running: every algorithm raises the reward it is trained on.
 
 DDPO, its score-function variant, TDPO and TDPO-R on the toy world, where the reward is colour
 accuracy read exactly from the pixels (the last test). RWR and RWR-sparse lower that accuracy on
@@ -70,8 +70,8 @@ def test_the_toy_models_colour_accuracy_rises(tmp_path, algorithm):
     """The same 256 showcase prompts and seeds are read before the first update and after the last.
     Measured (seed 42, one torch thread, two runs side by side, as `python -m rlft`): colour right
     82.8% -> 93.75% (ddpo 70 s, ddpo_sf 67 s), 92.97% (tdpo 100 s, tdpo_r 98 s); at 40 epochs each
-    reached 93.75% in 69-128 s. The margin is under half that gain;
-    without learning the showcase is the same samples of the same model and its change exactly 0."""
+    reached 93.75% in 69-128 s. The margin is under half that gain; without learning the showcase
+    is the same samples of the same model and its change exactly 0."""
     cfg = compose_config([*TOY, *TOY_CASES[algorithm], "showcase.grid=0", f"output_root={tmp_path}"])
     train(cfg, tmp_path / "run")
     shown = json.loads((tmp_path / "run" / "showcase.json").read_text())
