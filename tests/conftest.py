@@ -75,3 +75,10 @@ def fake_pod(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FAKE_TPU_ROOT", str(root))
     monkeypatch.setenv("FAKE_TPU_WORKERS", "2")
     return root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow run first. The xdist workers take tests in collection order, so a
+    two-minute learning test collected late leaves one worker running it alone at the end (a CI run
+    took 13 min 37 s with the same CPU time as one of 11 min 13 s)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -18,6 +18,8 @@ import pytest
 from rlft.train import train
 from tests.conftest import compose_config
 
+pytestmark = pytest.mark.slow
+
 RWR_SIZES = ["sample.num_batches_per_epoch=8", "train.batch_size=4", "train.gradient_accumulation_steps=1"]
 
 RWR_CASES = {
