@@ -72,7 +72,10 @@ def train_vae(vae, cfg: DictConfig, world: ToyWorld) -> None:
     for step in range(1, settings.steps + 1):
         images, _ = world_batch(world, settings.batch_size, cfg.resolution)
         posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        latents = posterior.sample()
+        if settings.latent_noise:  # the decoder learns to draw from latents a little off, as the UNet's are
+            latents = perturbed(latents, settings.latent_noise)
+        reconstruction = vae.decode(latents).sample
         loss = F.mse_loss(reconstruction, images) + settings.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -82,6 +85,12 @@ def train_vae(vae, cfg: DictConfig, world: ToyWorld) -> None:
         if step % settings.log_every == 0 or step == settings.steps:
             log.info("vae step %d: loss %.5f", step, loss.item())
     vae.eval()
+
+
+def perturbed(latents: torch.Tensor, fraction: float) -> torch.Tensor:
+    """`latents` plus Gaussian noise of `fraction` of their standard deviation: a fraction, so that
+    the encoder cannot make the noise negligible by scaling its latents up."""
+    return latents + fraction * latents.detach().std() * torch.randn_like(latents)
 
 
 @torch.no_grad()

@@ -4,6 +4,9 @@ shipped model's training)."""
 
 import json
 
+import pytest
+import torch
+
 from tests.conftest import FAST, run_cli
 
 
@@ -39,3 +42,14 @@ def test_pretrain_saves_a_pipeline_that_model_toy_trains(tmp_path):
 def test_model_toy_without_its_pipeline_names_the_fix(tmp_path):
     result = run_cli([*FAST, "model=toy", f"model.path={tmp_path / 'nothing'}"], cwd=tmp_path, check=False)
     assert result.returncode == 2 and "train one with `python -m rlft.pretrain`" in result.stderr
+
+
+def test_latent_noise_is_a_fixed_fraction_of_the_latents_spread():
+    from rlft.pretrain import perturbed
+
+    torch.manual_seed(0)
+    for scale in (0.01, 1.0, 100.0):  # however the encoder scales its latents
+        latents = scale * torch.randn(64, 4, 8, 8)
+        noise = perturbed(latents, 0.5) - latents
+        assert (noise.std() / latents.std()).item() == pytest.approx(0.5, rel=0.03)
+        assert abs(noise.mean().item()) < 0.02 * scale
