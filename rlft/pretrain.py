@@ -38,7 +38,7 @@ from rlft.rewards.base import to_uint8
 from rlft.showcase import showcase
 from rlft.toy.prompts import ToyPrompts, toy_vocabulary
 from rlft.toy.rewards import ToyReward
-from rlft.toy.world import ToyWorld, draw, read_scene
+from rlft.toy.world import Scene, ToyWorld, draw, read_scene
 
 log = logging.getLogger("rlft.pretrain")
 
@@ -46,9 +46,13 @@ log = logging.getLogger("rlft.pretrain")
 def world_batch(world: ToyWorld, size: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
     """Images in [-1, 1] (B, 3, H, W) and their captions."""
     scenes = world.scenes(size)
+    return scene_images(scenes, resolution), [scene.caption for scene in scenes]
+
+
+def scene_images(scenes: list[Scene], resolution: int) -> torch.Tensor:
+    """The scenes drawn, as the VAE takes them: float images in [-1, 1] (B, 3, H, W)."""
     pixels = np.stack([draw(scene, resolution) for scene in scenes])
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, [scene.caption for scene in scenes]
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def reconstruction_accuracy(vae, world: ToyWorld, count: int, resolution: int) -> float:

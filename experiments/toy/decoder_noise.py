@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import torch
 
+from rlft.pretrain import scene_images
 from rlft.rewards.base import to_uint8
 from rlft.toy.model import load_toy
-from rlft.toy.world import SHAPES, ToyWorld, draw, read_scene
+from rlft.toy.world import SHAPES, ToyWorld, read_scene
 
 IMAGES = 128
 SIGMAS = (0.0, 0.1, 0.2, 0.3, 0.5)
@@ -28,11 +29,9 @@ def main() -> None:
     world = ToyWorld(5)
     for shape in SHAPES:
         scenes = [world.placed(shape, scene.color, scene.background) for scene in world.scenes(IMAGES)]
-        pixels = np.stack([draw(scene) for scene in scenes])
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents = vae.encode(images).latent_dist.mode() * scale
+        latents = vae.encode(scene_images(scenes, 32)).latent_dist.mode() * scale
         parts = []
-        for sigma in SIGMAS:
+        for sigma in SIGMAS:  # the same noise at every level, scaled
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
             decoded = vae.decode((latents + sigma * noise) / scale).sample
             right = np.mean([read_scene(image)[0] == shape for image in to_uint8((decoded + 1) / 2)])

@@ -16,13 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
 from rlft.algorithms import FilterAndFinetune
 from rlft.config import CONFIG_DIR
-from rlft.toy.world import ToyWorld, draw
+from rlft.pretrain import scene_images
+from rlft.toy.world import ToyWorld
 from rlft.train import train
 
 DEFAULTS = [
@@ -49,11 +49,11 @@ class FilterAndFinetuneOnWorldImages(FilterAndFinetune):
 
     def optimize(self, learner, trajectories, generator):
         vae = learner.policy.vae
-        images = []
-        for labels in trajectories.metadata:
-            scene = self.world.placed(labels["shape"], labels["color"], labels["background"])
-            images.append(draw(scene, trajectories.images.shape[-1]))
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        scenes = [
+            self.world.placed(labels["shape"], labels["color"], labels["background"])
+            for labels in trajectories.metadata
+        ]
+        pixels = scene_images(scenes, trajectories.images.shape[-1])
         with torch.no_grad():
             latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
         trajectories.chain[:, -1] = latents.to(trajectories.chain.dtype)
