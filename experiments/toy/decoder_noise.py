@@ -29,10 +29,10 @@ def main() -> None:
     world = ToyWorld(5)
     for shape in SHAPES:
         scenes = [world.placed(shape, scene.color, scene.background) for scene in world.scenes(IMAGES)]
-        latents = vae.encode(scene_images(scenes, 32)).latent_dist.mode() * scale
+        latents = vae.encode(scene_images(scenes, vae.config.sample_size)).latent_dist.mode() * scale
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))  # one draw, scaled per level
         parts = []
-        for sigma in SIGMAS:  # the same noise at every level, scaled
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+        for sigma in SIGMAS:
             decoded = vae.decode((latents + sigma * noise) / scale).sample
             right = np.mean([read_scene(image)[0] == shape for image in to_uint8((decoded + 1) / 2)])
             parts.append(f"noise {sigma}: {right:.2f}")
