@@ -101,7 +101,7 @@ def pretrained_clip(hub_id: str, path: str | None = None) -> ImageEmbedder:
         offline = " and HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise ConfigError(
             f"cannot load the image encoder '{source}' ({type(error).__name__}: not in the local Hugging Face "
-            f"cache{offline}). Fix: run `huggingface-cli download {hub_id}` on a machine with internet access, "
+            f"cache{offline}). Fix: run `hf download {hub_id}` on a machine with internet access, "
             "or pass algorithm.embedder.path=/a/local/copy."
         ) from error
     return ImageEmbedder(model)

@@ -153,21 +153,27 @@ def build_offline(
     return Components(unet, vae, text_encoder, tokenizer, make_scheduler())
 
 
-def _missing_model_message(name_or_path: str, reason: str) -> str:
+def _missing_model_message(name_or_path: str, reason: str, hub_id: str, directory: Path | None = None) -> str:
+    """The error for a model that cannot be loaded; `directory`: the model.path given, if any."""
+    if directory is None:
+        fix = f"run `hf download {hub_id}` (or let the run download it)"
+    else:
+        fix = f"run `hf download {hub_id} --local-dir {directory}`"
     return (
         f"cannot load the model '{name_or_path}': {reason}. A diffusers pipeline directory is needed "
         f"with model_index.json and the subfolders {', '.join(PIPELINE_SUBFOLDERS)}. Fix: on a machine "
-        f"with internet access run `huggingface-cli download {name_or_path}` (or let the run download it), "
-        "or copy such a directory here and pass model.path=/path/to/it."
+        f"with internet access {fix}, or copy such a directory here and pass model.path=/path/to/it."
     )
 
 
 def load_pretrained(hub_id: str, path: str | None = None, revision: str | None = None) -> Components:
     """Load Stable Diffusion components from a local pipeline directory or a hub id."""
-    if path is not None:
-        directory = Path(path).expanduser()
+    directory = Path(path).expanduser() if path is not None else None
+    if directory is not None:
         if not (directory / "model_index.json").is_file():
-            raise ConfigError(_missing_model_message(str(directory), "model_index.json not found there"))
+            raise ConfigError(
+                _missing_model_message(str(directory), "model_index.json not found there", hub_id, directory)
+            )
         source, kwargs = str(directory), {}
     else:
         source, kwargs = hub_id, {"revision": revision}
@@ -179,6 +185,10 @@ def load_pretrained(hub_id: str, path: str | None = None, revision: str | None =
         scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **kwargs)
     except (OSError, ValueError) as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
-        raise ConfigError(_missing_model_message(source, f"{reason} ({type(error).__name__})")) from error
+        if directory is not None:
+            reason = "a component of it could not be loaded"
+        else:
+            reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
+        message = _missing_model_message(source, f"{reason} ({type(error).__name__})", hub_id, directory)
+        raise ConfigError(message) from error
     return Components(unet, vae, text_encoder, tokenizer, DDIMScheduler.from_config(scheduler_config), source)

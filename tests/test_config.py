@@ -116,12 +116,13 @@ def test_missing_model_is_one_clear_message(tmp_path):
     assert result.returncode == 2
     assert "rlft: error: cannot load the model '/no/such/dir'" in result.stderr
     assert "model.path=" in result.stderr and "Traceback" not in result.stderr
+    assert "`hf download CompVis/stable-diffusion-v1-4 --local-dir /no/such/dir`" in result.stderr
 
 
 def test_hub_model_offline_names_the_fix(tmp_path):
     result = run_cli(["model=sd15", f"output_root={tmp_path}"], cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "runwayml/stable-diffusion-v1-5" in result.stderr and "huggingface-cli download" in result.stderr
+    assert "`hf download stable-diffusion-v1-5/stable-diffusion-v1-5`" in result.stderr
     assert "Traceback" not in result.stderr
 
 

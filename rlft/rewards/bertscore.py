@@ -41,7 +41,7 @@ class BertScore:
                 "the BERTScore model",
                 source,
                 "its config, weights and tokenizer",
-                f"run `huggingface-cli download {hub_id}` or pass reward.bertscore.path=/a/local/copy",
+                f"run `hf download {hub_id}` or pass reward.bertscore.path=/a/local/copy",
             ) from error
 
     @torch.no_grad()

@@ -92,7 +92,7 @@ def load_clip_tokenizer(source: str, what: str) -> CLIPTokenizer:
             what,
             source,
             "vocab.json and merges.txt",
-            f"run `huggingface-cli download {source}` on a machine with internet access, or give a local "
+            f"run `hf download {source}` on a machine with internet access, or give a local "
             "directory with them",
         )
     return tokenizer
@@ -110,7 +110,7 @@ def pretrained_clip_towers(hub_id: str, tokenizer: str | None = None, path: str 
             "the CLIP model",
             source,
             "config.json, the model weights and the tokenizer files (vocab.json, merges.txt)",
-            f"run `huggingface-cli download {hub_id}` (and `{tokenizer}` for the tokenizer) on a machine with "
+            f"run `hf download {hub_id}` (and `{tokenizer}` for the tokenizer) on a machine with "
             "internet access, or pass reward.model.path=/dir/with/both",
         ) from error
     return ClipTowers(model, load_clip_tokenizer(tokenizer_source, "the CLIP tokenizer"))

@@ -121,7 +121,7 @@ class HPSv2(LearnedReward):
                 "HPSv2",
                 f"{HUB_REPO}/{CHECKPOINTS[version]}",
                 f"the file {CHECKPOINTS[version]}",
-                f"run `huggingface-cli download {HUB_REPO} {CHECKPOINTS[version]}` on a machine with internet "
+                f"run `hf download {HUB_REPO} {CHECKPOINTS[version]}` on a machine with internet "
                 "access, or pass reward.checkpoint=/path/to/it",
             ) from error
 

@@ -144,14 +144,14 @@ class ImageReward(LearnedReward):
                 "the BERT tokenizer",
                 source,
                 "vocab.txt",
-                f"run `huggingface-cli download {source}` or pass a directory",
+                f"run `hf download {source}` or pass a directory",
             )
         return tokenizer
 
     @staticmethod
     def _checkpoint(checkpoint: str | None) -> Path:
         fix = (
-            f"run `huggingface-cli download {HUB_REPO} {CHECKPOINT}` on a machine with internet access, "
+            f"run `hf download {HUB_REPO} {CHECKPOINT}` on a machine with internet access, "
             "or pass reward.checkpoint=/path/to/ImageReward.pt"
         )
         if checkpoint is not None:
