@@ -64,16 +64,18 @@ def ddim_step_with_logprob(
     sample: torch.Tensor,
     eta: float,
     prev_sample: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step x_t -> x_{t-1} and log pi(x_{t-1} | x_t) per sample, shape (B,).
 
-    With `prev_sample` given, that action is scored instead of a new one being drawn (training).
-    The log-prob is computed in float32 on exactly the tensor that is returned, after the cast to
-    the sample's dtype, so re-scoring a stored action reproduces it bit for bit.
+    Either `noise` (standard normal, the sample's shape) draws the action x_{t-1} = mean + std * noise
+    (sampling), or `prev_sample` is the action to score (training). The kernel draws nothing itself:
+    the caller's RandomStream does (rlft/streams.py). The log-prob is computed in float32 on exactly
+    the tensor that is returned, after the cast to the sample's dtype, so re-scoring a stored action
+    reproduces it bit for bit.
     """
-    if prev_sample is not None and generator is not None:
-        raise ValueError("give either prev_sample (to score an action) or generator (to draw one), not both")
+    if (prev_sample is None) == (noise is None):
+        raise ValueError("give either prev_sample (to score an action) or noise (to draw one)")
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
 
@@ -113,13 +115,7 @@ def ddim_step_with_logprob(
     mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
 
     if prev_sample is None:
-        noise = torch.randn(
-            sample.shape,
-            generator=generator,
-            dtype=model_output.dtype,
-            device=generator.device if generator is not None else device,
-        ).to(device)
-        prev_sample = mean + std * noise
+        prev_sample = mean + std * noise.to(device=device, dtype=torch.float32)
     prev_sample = prev_sample.to(sample.dtype)
 
     std = std.clamp(min=SIGMA_FLOOR)

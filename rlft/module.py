@@ -21,21 +21,9 @@ from rlft.prompts import PromptSource
 from rlft.rewards import LearnedReward, Reward, RewardRunner
 from rlft.sampler import rollout
 from rlft.showcase import showcase
+from rlft.streams import LIBRARIES, NOISE, PROMPTS, SHUFFLE, RandomStream, seed_global_generators, stream_seed
 from rlft.trajectories import Trajectories
-from rlft.xla import compile_count, is_xla, sync
-
-
-def stream_seed(*parts: int) -> int:
-    """A seed for one random stream, derived from (seed, rank, epoch, stream id).
-
-    Deriving every epoch's streams from its index (rather than carrying generator state forward)
-    makes resume exact on any number of ranks: epoch k draws the same prompts and noise whether or
-    not the run was interrupted before it.
-    """
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-NOISE, PROMPTS, SHUFFLE = 0, 1, 2
+from rlft.xla import compile_count, is_xla, seed_device, sync
 
 
 class RLModule(pl.LightningModule):
@@ -119,14 +107,17 @@ class RLModule(pl.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(tensors, path)
 
-    def _generator(self, epoch: int, stream: int) -> torch.Generator:
-        # XLA has no device generators: draw on the host and transfer (the draws are graph inputs).
-        device = "cpu" if is_xla(self.device) else self.device
-        return torch.Generator(device=device).manual_seed(stream_seed(self.cfg.seed, self.global_rank, epoch, stream))
+    def stream(self, epoch: int, stream_id: int) -> RandomStream:
+        """This rank's random stream `stream_id` of `epoch`: host-side, whatever the device, and
+        derived from the epoch's index (not carried forward), so resume is exact (rlft/streams.py)."""
+        return RandomStream(stream_seed(self.cfg.seed, self.global_rank, epoch, stream_id))
 
     # -- the RL epoch ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         epoch = self.current_epoch
+        seed = stream_seed(self.cfg.seed, self.global_rank, epoch, LIBRARIES)
+        seed_global_generators(seed)
+        seed_device(self.device, seed)
         self.policy.eval()  # no dropout anywhere: sampling and training must evaluate the same policy
         self.algorithm_modules.eval()  # a critic switches its dropout on only while it trains
         timings = {}
@@ -148,7 +139,7 @@ class RLModule(pl.LightningModule):
             num_steps=s.num_steps,
             guidance_scale=s.guidance_scale,
             eta=s.eta,
-            generator=self._generator(epoch, NOISE),
+            stream=self.stream(epoch, NOISE),
             rng=random.Random(stream_seed(self.cfg.seed, self.global_rank, epoch, PROMPTS)),
             progress=self.trainer.is_global_zero,
             description=f"epoch {epoch} sampling",
@@ -198,26 +189,41 @@ class RLModule(pl.LightningModule):
 
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
         start = time.perf_counter()
-        stats = self.algorithm.optimize(self, trajectories, self._generator(epoch, SHUFFLE))
+        stats = self.algorithm.optimize(self, trajectories, self.stream(epoch, SHUFFLE))
         sync(self.device)  # on XLA: run what the epoch left pending (e.g. a neuron reset) inside it
         timings["training_s"] = time.perf_counter() - start
         return stats
 
     # -- what algorithms use to train (the Learner protocol) ------------------------------------
-    def backpropagate(self, loss: torch.Tensor) -> None:
+    def backpropagate(self, loss: torch.Tensor, synchronize: bool = True) -> None:
+        """Backward of one micro-step. `synchronize=False` on the micro-steps that no optimizer step
+        follows: under DDP their gradients accumulate locally and the all-reduce runs once, on the
+        micro-step before the step (every rank must pass the same sequence of flags)."""
         # (not `backward`: that name is a LightningModule hook)
-        self.manual_backward(loss)
+        strategy = self.trainer.strategy
+        if synchronize or not hasattr(strategy, "block_backward_sync"):
+            self.manual_backward(loss)
+        else:
+            with strategy.block_backward_sync():  # DDP's no_sync(); a no-op for other strategies
+                self.manual_backward(loss)
         sync(self.device)  # on XLA: one micro-step's forward and backward per graph
 
     def optimizer_step(self) -> None:
-        """Clip each model's accumulated gradients to the global norm separately, step, clear them."""
+        """Step every optimizer on its accumulated gradients (clipped in on_before_optimizer_step),
+        then clear them."""
         optimizers = self.optimizers()
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.cfg.train.max_grad_norm, gradient_clip_algorithm="norm"
-            )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip this optimizer's gradients to train.max_grad_norm (each model separately).
+
+        Lightning's precision plugins call this hook after 16-mixed's GradScaler has unscaled the
+        gradients and after XLA has reduced them, so the norm clipped is the true one whatever the
+        precision. (Clipping before `optimizer.step()` would clip gradients still multiplied by the
+        loss scale, i.e. clip them about 2^16 times too hard.)"""
+        self.clip_gradients(optimizer, gradient_clip_val=self.cfg.train.max_grad_norm, gradient_clip_algorithm="norm")
 
     def progress(self, total: int) -> tqdm:
         return tqdm(

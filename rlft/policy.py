@@ -20,6 +20,7 @@ from torch import nn
 
 from rlft.ddim import ddim_step_with_logprob
 from rlft.models import Components
+from rlft.streams import RandomStream
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -127,18 +128,20 @@ class Policy(nn.Module):
         guidance_scale: float,
         eta: float,
         next_latents: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        stream: RandomStream | None = None,
         reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw (or, given `next_latents`, score) the action x_{t-1}; returns it and its log-prob.
-        `reference=True` evaluates the frozen base model instead of the trained one."""
+        """Draw the action x_{t-1} with noise from `stream` (or, given `next_latents`, score it);
+        returns it and its log-prob. `reference=True` evaluates the frozen base model instead of the
+        trained one."""
         with self._weights(reference) as unet:
             unet_dtype = next(unet.parameters()).dtype
             noise_pred = self.predict_noise(
                 latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale, unet
             )
+        noise = None if stream is None else stream.normal(latents.shape, device=latents.device)
         return ddim_step_with_logprob(
-            self.scheduler, noise_pred, timesteps, latents, eta, prev_sample=next_latents, generator=generator
+            self.scheduler, noise_pred, timesteps, latents, eta, prev_sample=next_latents, noise=noise
         )
 
     @contextmanager

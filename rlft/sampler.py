@@ -12,6 +12,7 @@ from rlft.errors import ConfigError
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
+from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories
 from rlft.xla import sync
 
@@ -27,7 +28,7 @@ def rollout(
     num_steps: int,
     guidance_scale: float,
     eta: float,
-    generator: torch.Generator,
+    stream: RandomStream,
     rng: random.Random,
     progress: bool = False,
     description: str = "sampling",
@@ -37,6 +38,7 @@ def rollout(
     images_per_prompt: int = 1,
 ) -> Trajectories:
     """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples.
+    `stream` draws the initial noise and every step's noise; `rng` the prompts.
 
     `images_per_prompt` = k draws a prompt for every k consecutive samples (groups, so that
     per-prompt advantages compare images of the same prompt from the first epoch on).
@@ -60,7 +62,7 @@ def rollout(
         drawn = everything[start : start + batch_size]
         batch_prompts = [prompt for prompt, _ in drawn]
         embeds = policy.encode_prompts(batch_prompts)
-        x = torch.randn((batch_size, *policy.latent_shape), generator=generator, device=generator.device).to(device)
+        x = stream.normal((batch_size, *policy.latent_shape), device=device)
         # Every later state takes this dtype (the DDIM step returns its sample's dtype, and scores
         # the action after that rounding), so the chain is stored in it.
         x = (x * policy.scheduler.init_noise_sigma).to(trajectory_dtype)
@@ -69,7 +71,7 @@ def rollout(
             if state_encoder is not None:
                 features.append(state_encoder(policy.decode(x)))
             state = x
-            x, log_prob = policy.step(state, t, embeds, guidance_scale, eta, generator=generator)
+            x, log_prob = policy.step(state, t, embeds, guidance_scale, eta, stream=stream)
             if reference:
                 _, reference_log_prob = policy.step(
                     state, t, embeds, guidance_scale, eta, next_latents=x, reference=True

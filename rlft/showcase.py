@@ -18,7 +18,7 @@ from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
 from rlft.sampler import rollout
-from rlft.xla import is_xla
+from rlft.streams import RandomStream
 
 
 def showcase(
@@ -35,8 +35,6 @@ def showcase(
     The run's random streams are left untouched, so a run with a showcase trains exactly like one
     without (and a resumed run like an uninterrupted one).
     """
-    device = policy.negative_embedding.device
-    generator = torch.Generator(device="cpu" if is_xla(device) else device).manual_seed(settings.seed)
     batch_size = min(settings.batch_size, settings.samples)
     was_training = policy.training
     policy.eval()
@@ -50,7 +48,7 @@ def showcase(
             num_steps=sample.num_steps,
             guidance_scale=sample.guidance_scale,
             eta=sample.eta,
-            generator=generator,
+            stream=RandomStream(settings.seed),
             rng=random.Random(settings.seed),
         )
     scores = rewards.collect()

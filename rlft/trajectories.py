@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from rlft.streams import RandomStream
 from rlft.xla import is_xla
 
 
@@ -119,7 +120,7 @@ def training_batches(
     trajectories: Trajectories,
     batch_size: int,
     num_timesteps: int,
-    generator: torch.Generator,
+    stream: RandomStream,
     steps: range | None = None,
 ) -> list[TrainingBatch]:
     """Shuffle samples, shuffle time independently per sample, keep K columns, cut minibatches.
@@ -127,8 +128,8 @@ def training_batches(
     n = len(trajectories)
     steps = range(trajectories.num_steps) if steps is None else steps
     device = trajectories.chain.device
-    order = torch.randperm(n, generator=generator).to(device)
-    time_order = torch.stack([torch.randperm(len(steps), generator=generator) for _ in range(n)]) + steps.start
+    order = stream.permutation(n, device)
+    time_order = torch.stack([stream.permutation(len(steps)) for _ in range(n)]) + steps.start
     time_order = time_order[:, :num_timesteps].to(device)
     rows = order[:, None]
     columns = time_order[order]

@@ -30,6 +30,15 @@ def sync(device: torch.device | str) -> None:
         torch_xla.sync()
 
 
+def seed_device(device: torch.device | str, seed: int) -> None:
+    """Seed XLA's own generator, which torch.manual_seed does not reach (a no-op on other devices).
+    Written from torch-xla's API; it has not run on a TPU in this project."""
+    if is_xla(device):
+        import torch_xla.core.xla_model as xm
+
+        xm.set_rng_state(seed, device=device)
+
+
 def compile_count() -> int | None:
     """Graphs compiled so far in this process (torch-xla's CompileTime metric); None without XLA."""
     try:

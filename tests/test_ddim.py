@@ -79,7 +79,7 @@ def test_on_policy_expected_log_prob(scheduler, t, expected):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, 16, 16, generator=generator)
     eps = torch.randn(64, 4, 16, 16, generator=generator)
-    _, log_prob = ddim_step_with_logprob(scheduler, eps, t, x, eta=1.0, generator=generator)
+    _, log_prob = ddim_step_with_logprob(scheduler, eps, t, x, eta=1.0, noise=torch.randn(x.shape, generator=generator))
     # 65,536 elements: the standard error of the mean of -z^2/2 is 0.0028.
     assert log_prob.mean().item() == pytest.approx(expected, abs=0.01)
 
@@ -88,7 +88,7 @@ def test_sampled_action_rescored_identically(scheduler):
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(4, 4, 8, 8)
     eps = torch.randn_like(x)
-    sampled, log_prob = ddim_step_with_logprob(scheduler, eps, 501, x, eta=1.0, generator=generator)
+    sampled, log_prob = ddim_step_with_logprob(scheduler, eps, 501, x, eta=1.0, noise=torch.randn(x.shape, generator=generator))
     _, rescored = ddim_step_with_logprob(scheduler, eps, 501, x, eta=1.0, prev_sample=sampled)
     assert torch.equal(log_prob, rescored)
 
@@ -98,7 +98,7 @@ def test_half_precision_action_is_scored_as_stored(scheduler):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(4, 4, 8, 8).half()
     eps = torch.randn(4, 4, 8, 8).half()
-    sampled, log_prob = ddim_step_with_logprob(scheduler, eps, 1, x, eta=1.0, generator=generator)
+    sampled, log_prob = ddim_step_with_logprob(scheduler, eps, 1, x, eta=1.0, noise=torch.randn(x.shape, generator=generator))
     assert sampled.dtype == torch.float16
     _, rescored = ddim_step_with_logprob(scheduler, eps, 1, x, eta=1.0, prev_sample=sampled)
     assert torch.equal(log_prob, rescored)
@@ -110,7 +110,7 @@ def test_unclamped_previous_timestep_uses_final_alpha():
     scheduler.set_timesteps(50)
     x = torch.randn(2, 4, 4, 4)
     eps = torch.randn_like(x)
-    x_prev, log_prob = ddim_step_with_logprob(scheduler, eps, 1, x, eta=1.0, generator=torch.Generator().manual_seed(0))
+    x_prev, log_prob = ddim_step_with_logprob(scheduler, eps, 1, x, eta=1.0, noise=torch.randn_like(x))
     a_t = scheduler.alphas_cumprod[1]
     x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
     torch.testing.assert_close(x_prev, x0, rtol=1e-5, atol=1e-5)  # alpha_prev = 1: the step lands on x0
@@ -134,10 +134,12 @@ def test_per_sample_timesteps_match_scalar_calls(scheduler):
     torch.testing.assert_close(both, torch.cat([first, second]))
 
 
-def test_generator_and_action_together_is_an_error(scheduler):
+def test_the_step_takes_either_noise_or_an_action(scheduler):
     x = torch.randn(1, 4, 4, 4)
-    with pytest.raises(ValueError, match="not both"):
-        ddim_step_with_logprob(scheduler, x, 501, x, 1.0, prev_sample=x, generator=torch.Generator())
+    with pytest.raises(ValueError, match="either prev_sample"):
+        ddim_step_with_logprob(scheduler, x, 501, x, 1.0, prev_sample=x, noise=x)
+    with pytest.raises(ValueError, match="either prev_sample"):
+        ddim_step_with_logprob(scheduler, x, 501, x, 1.0)
 
 
 def test_v_prediction_on_a_zero_terminal_snr_schedule_steps_like_diffusers():
@@ -149,9 +151,9 @@ def test_v_prediction_on_a_zero_terminal_snr_schedule_steps_like_diffusers():
     x = torch.randn(2, 4, 8, 8)
     for t in scheduler.timesteps:
         v = torch.randn_like(x)
-        ours, _ = ddim_step_with_logprob(scheduler, v, t, x, eta=0.0, generator=torch.Generator().manual_seed(0))
+        ours, _ = ddim_step_with_logprob(scheduler, v, t, x, eta=0.0, noise=torch.randn_like(x))
         theirs = scheduler.step(v, t, x, eta=0.0).prev_sample
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-        _, log_prob = ddim_step_with_logprob(scheduler, v, t, x, eta=1.0, generator=torch.Generator().manual_seed(0))
+        _, log_prob = ddim_step_with_logprob(scheduler, v, t, x, eta=1.0, noise=torch.randn_like(x))
         assert torch.isfinite(log_prob).all()
         x = ours

@@ -10,6 +10,7 @@ from rlft.algorithms.base import EpochSamples
 from rlft.algorithms.kl import KLController, kl_penalty
 from rlft.errors import ConfigError
 from rlft.policy import Policy
+from rlft.streams import RandomStream
 from tests.conftest import compose_config
 from tests.test_policy import make_policy
 
@@ -101,7 +102,7 @@ def test_reference_policy_is_the_base_model(model):
     t = policy.scheduler.timesteps[:1].expand(2)
     embeds = policy.encode_prompts(["a cat", "a dog"])
     with torch.no_grad():
-        action, log_prob = policy.step(x, t, embeds, 5.0, 1.0, generator=generator)
+        action, log_prob = policy.step(x, t, embeds, 5.0, 1.0, stream=RandomStream(1))
         _, reference = policy.step(x, t, embeds, 5.0, 1.0, next_latents=action, reference=True)
         torch.testing.assert_close(reference, log_prob)
         for param in policy.trainable_parameters():

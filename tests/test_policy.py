@@ -10,6 +10,7 @@ from rlft.policy import Policy
 from rlft.prompts import FromFile
 from rlft.rewards import Brightness, RewardRunner
 from rlft.sampler import rollout
+from rlft.streams import RandomStream
 from rlft.trajectories import rescore, training_batches
 from tests.conftest import compose_config
 
@@ -31,7 +32,7 @@ def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: t
         num_steps=steps,
         guidance_scale=5.0,
         eta=1.0,
-        generator=torch.Generator().manual_seed(0),
+        stream=RandomStream(0),
         rng=random.Random(0),
         trajectory_dtype=trajectory_dtype,
     )
@@ -44,7 +45,7 @@ def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: t
 def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol: float = 1e-5) -> None:
     """Re-scoring a shuffled training minibatch (other samples beside each one than at sampling,
     time permuted per sample) reproduces the behaviour log-probs: pi / pi_old = 1."""
-    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1))[0]
+    batch = training_batches(trajectories, 2, num_timesteps, RandomStream(1))[0]
     for j in range(num_timesteps):
         step = batch.column(j)
         ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs)  # what the training loops call
@@ -71,7 +72,7 @@ def test_trajectory_shapes_and_chain():
 def test_training_batches_permute_time_jointly():
     policy = make_policy("tiny")
     trajectories = sample(policy, steps=4, batches=1)
-    batches = training_batches(trajectories, batch_size=3, num_timesteps=2, generator=torch.Generator().manual_seed(0))
+    batches = training_batches(trajectories, batch_size=3, num_timesteps=2, stream=RandomStream(0))
     (batch,) = batches
     assert batch.timesteps.shape == (3, 2)
     for i in range(3):

@@ -10,6 +10,7 @@ import torch
 from rlft.algorithms import FilterAndFinetune, RewardWeightedRegression
 from rlft.algorithms.base import EpochSamples
 from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss, window_timesteps
+from rlft.streams import RandomStream
 from tests.test_policy import make_policy
 
 
@@ -66,7 +67,7 @@ def test_weighted_denoising_loss_matches_a_hand_computation():
     latents = torch.randn(3, 4, 8, 8)
     embeds = policy.encode_prompts(["a cat", "a dog", "a fox"])
     weights = torch.tensor([0.5, 0.0, 2.5])
-    loss = weighted_denoising_loss(learner, latents, embeds, weights, 5.0, torch.Generator().manual_seed(3))
+    loss = weighted_denoising_loss(learner, latents, embeds, weights, 5.0, RandomStream(3))
 
     generator = torch.Generator().manual_seed(3)  # the same draws, by hand
     t = torch.randint(0, 1000, (3,), generator=generator)
@@ -90,7 +91,7 @@ def test_denoising_loss_targets_the_velocity_for_a_v_prediction_model():
     latents = torch.randn(2, 4, 8, 8)
     embeds = policy.encode_prompts(["a cat", "a dog"])
     weights = torch.tensor([1.0, 3.0])
-    loss = weighted_denoising_loss(learner, latents, embeds, weights, 1.0, torch.Generator().manual_seed(4))
+    loss = weighted_denoising_loss(learner, latents, embeds, weights, 1.0, RandomStream(4))
 
     generator = torch.Generator().manual_seed(4)
     t = torch.randint(0, 1000, (2,), generator=generator)
@@ -122,7 +123,7 @@ def test_the_loss_draws_its_timesteps_from_the_window():
         embeds,
         torch.ones(64),
         1.0,
-        torch.Generator().manual_seed(0),
+        RandomStream(0),
         range(600, 1000),
     )
     drawn = torch.cat(seen)

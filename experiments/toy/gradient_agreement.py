@@ -21,6 +21,7 @@ from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.policy import Policy
 from rlft.rewards import RewardRunner
 from rlft.sampler import rollout
+from rlft.streams import RandomStream
 from rlft.toy.model import load_toy
 from rlft.toy.prompts import ToyPrompts
 from rlft.toy.rewards import ToyReward
@@ -49,7 +50,7 @@ def gradients(
     runner = RewardRunner({"train": ToyReward(reward)})
     trajectories = rollout(
         policy, ToyPrompts(), runner, batch_size=64, num_batches=samples // 64, num_steps=steps, guidance_scale=guidance,
-        eta=1.0, generator=torch.Generator().manual_seed(seed), rng=random.Random(seed), images_per_prompt=GROUP,
+        eta=1.0, stream=RandomStream(seed), rng=random.Random(seed), images_per_prompt=GROUP,
     )  # fmt: skip
     rewards = runner.collect()["train"].numpy()
     advantages = PerPromptStatTracker(16, GROUP).update(trajectories.prompts, rewards)

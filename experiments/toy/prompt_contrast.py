@@ -20,6 +20,7 @@ import torch
 
 from rlft.policy import Policy
 from rlft.rewards.base import to_uint8
+from rlft.streams import RandomStream
 from rlft.toy.model import load_toy
 from rlft.toy.prompts import ToyPrompts
 from rlft.toy.world import read_scene
@@ -46,10 +47,10 @@ def main() -> None:
         steps, guidance, *rest = setting.split(",")
         steps, guidance, eta = int(steps), float(guidance), float(rest[0]) if rest else 1.0
         policy.scheduler.set_timesteps(steps)
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn((len(prompts), *policy.latent_shape), generator=generator)
+        stream = RandomStream(0)
+        x = stream.normal((len(prompts), *policy.latent_shape))
         for t in policy.scheduler.timesteps:
-            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, eta, generator=generator)
+            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, eta, stream=stream)
         reads = [read_scene(image) for image in to_uint8(policy.decode(x))]
         parts = []
         for aspect, right in ASPECTS.items():

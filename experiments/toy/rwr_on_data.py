@@ -47,7 +47,7 @@ class FilterAndFinetuneOnWorldImages(FilterAndFinetune):
 
     world = ToyWorld(0)
 
-    def optimize(self, learner, trajectories, generator):
+    def optimize(self, learner, trajectories, stream):
         vae = learner.policy.vae
         scenes = [
             self.world.placed(labels["shape"], labels["color"], labels["background"])
@@ -57,7 +57,7 @@ class FilterAndFinetuneOnWorldImages(FilterAndFinetune):
         with torch.no_grad():
             latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
         trajectories.chain[:, -1] = latents.to(trajectories.chain.dtype)
-        return super().optimize(learner, trajectories, generator)
+        return super().optimize(learner, trajectories, stream)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import torch
 
 from rlft.policy import Policy
 from rlft.rewards.base import to_uint8
+from rlft.streams import RandomStream
 from rlft.toy.model import load_toy
 from rlft.toy.prompts import ToyPrompts
 from rlft.toy.world import read_scene
@@ -33,17 +34,17 @@ def main() -> None:
     embeds = policy.encode_prompts([squares[rng.randrange(len(squares))] for _ in range(CHAINS)])
     scheduler = policy.scheduler
     scheduler.set_timesteps(10)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((CHAINS, *policy.latent_shape), generator=generator)
+    stream = RandomStream(0)
+    x = stream.normal((CHAINS, *policy.latent_shape))
     states = [x]
     for t in scheduler.timesteps:
-        x, _ = policy.step(x, t.expand(CHAINS), embeds, 5.0, 1.0, generator=generator)
+        x, _ = policy.step(x, t.expand(CHAINS), embeds, 5.0, 1.0, stream=stream)
         states.append(x)
     for k in range(0, 10, 2):
         x = states[k].repeat(BRANCHES, 1, 1, 1)
-        branch_generator = torch.Generator().manual_seed(100 + k)
+        branch_stream = RandomStream(100 + k)
         for t in scheduler.timesteps[k:]:
-            x, _ = policy.step(x, t.expand(len(x)), embeds.repeat(BRANCHES, 1, 1), 5.0, 1.0, generator=branch_generator)
+            x, _ = policy.step(x, t.expand(len(x)), embeds.repeat(BRANCHES, 1, 1), 5.0, 1.0, stream=branch_stream)
         read = [read_scene(image)[0] == "square" for image in to_uint8(policy.decode(x))]
         success = np.asarray(read, dtype=float).reshape(BRANCHES, CHAINS).mean(0)
         print(

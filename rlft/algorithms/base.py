@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from rlft.policy import Policy
+from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories
 
 
@@ -21,7 +22,9 @@ class Learner(Protocol):
     cfg: DictConfig
     current_epoch: int
 
-    def backpropagate(self, loss: torch.Tensor) -> None: ...
+    def backpropagate(self, loss: torch.Tensor, synchronize: bool = True) -> None:
+        """Backward of one micro-step; `synchronize=False` when no optimizer step follows it (DDP
+        then skips the gradient all-reduce). Every rank must run the same micro-steps."""
 
     def optimizer_step(self) -> None:
         """Clip each optimizer's gradients to train.max_grad_norm, step them all, clear them."""
@@ -61,7 +64,7 @@ class Algorithm:
     def advantages(self, samples: EpochSamples) -> Targets:
         raise NotImplementedError
 
-    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+    def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         """Train on this process's trajectories (advantages already set); returns mean metrics."""
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, 
 from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.errors import ConfigError
+from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories, rescore, trained_steps, training_batches
 
 
@@ -88,7 +89,7 @@ class DDPO(Algorithm):
         """Minibatches per optimizer step."""
         return learner.cfg.train.gradient_accumulation_steps
 
-    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+    def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         """Inner epochs; for each shuffled minibatch, for each of its K timestep columns: forward,
         loss, backward; an optimizer step after every `accumulation` minibatches (§3.3)."""
         t, s = learner.cfg.train, learner.cfg.sample
@@ -100,14 +101,15 @@ class DDPO(Algorithm):
         bar = learner.progress(t.num_inner_epochs * num_minibatches * num_timesteps)
         for _ in range(t.num_inner_epochs):
             for index, batch in enumerate(
-                training_batches(trajectories, t.batch_size, num_timesteps, generator, steps)
+                training_batches(trajectories, t.batch_size, num_timesteps, stream, steps)
             ):
                 for j in range(num_timesteps):
                     step = batch.column(j)
                     log_prob = rescore(learner.policy, step, guidance, s.eta)
                     loss, info = self.loss(log_prob, step.log_probs, step.advantages)
                     # The update direction is the mean over samples x timesteps of an accumulation window.
-                    learner.backpropagate(loss / (accumulation * num_timesteps))
+                    steps_after = j == num_timesteps - 1 and (index + 1) % accumulation == 0
+                    learner.backpropagate(loss / (accumulation * num_timesteps), synchronize=steps_after)
                     metrics.add(loss=loss, **info)
                     bar.update()
                 if (index + 1) % accumulation == 0:

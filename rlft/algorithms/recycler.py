@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rlft.algorithms.critic import Critic
+from rlft.streams import RandomStream
 
 
 @torch.no_grad()
@@ -40,7 +41,7 @@ def neuron_scores(activations: list[torch.Tensor]) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def reset_neurons(
-    critic: Critic, masks: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, generator: torch.Generator
+    critic: Critic, masks: list[torch.Tensor], optimizer: torch.optim.Optimizer | None, stream: RandomStream
 ) -> None:
     """Re-initialise the masked neurons of each hidden layer: their incoming weight rows
     ~ N(0, init_std), incoming biases 0, outgoing weight columns ~ N(0, init_std); and zero the
@@ -54,8 +55,8 @@ def reset_neurons(
         incoming, outgoing = layers[index], layers[index + 1]
         rows = mask.to(incoming.weight.device)[:, None]  # (out_features of incoming, 1)
         columns = rows.T  # (1, in_features of outgoing)
-        fresh_in = _normal(incoming.weight.shape, critic.init_std, generator, incoming.weight)
-        fresh_out = _normal(outgoing.weight.shape, critic.init_std, generator, outgoing.weight)
+        fresh_in = _normal(incoming.weight.shape, critic.init_std, stream, incoming.weight)
+        fresh_out = _normal(outgoing.weight.shape, critic.init_std, stream, outgoing.weight)
         incoming.weight.copy_(torch.where(rows, fresh_in, incoming.weight))
         incoming.bias.masked_fill_(rows[:, 0], 0.0)
         outgoing.weight.copy_(torch.where(columns, fresh_out, outgoing.weight))
@@ -65,8 +66,8 @@ def reset_neurons(
             _zero_moments(optimizer, outgoing.weight, lambda m, c=columns: m.masked_fill_(c, 0.0))
 
 
-def _normal(shape, std: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    values = torch.randn(shape, generator=generator, device=generator.device) * std
+def _normal(shape, std: float, stream: RandomStream, like: torch.Tensor) -> torch.Tensor:
+    values = stream.normal(shape) * std
     return values.to(device=like.device, dtype=like.dtype)
 
 

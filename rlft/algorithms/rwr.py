@@ -15,6 +15,7 @@ import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
 from rlft.ddim import denoising_target
+from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories
 
 
@@ -58,23 +59,24 @@ def weighted_denoising_loss(
     prompt_embeds: torch.Tensor,
     weights: torch.Tensor,
     guidance_scale: float,
-    generator: torch.Generator,
+    stream: RandomStream,
     timesteps_from: range | None = None,
+    normalizer: float | None = None,
 ) -> torch.Tensor:
-    """mean_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 with t ~ U{0..999} (or `timesteps_from`)
-    and the DDPM forward process x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided
-    prediction. For a v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
+    """sum_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 / normalizer (by default the batch size: the
+    mean over the batch) with t ~ U{0..999} (or `timesteps_from`) and the DDPM forward process
+    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction. For a
+    v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
     scheduler = learner.policy.scheduler
     batch = latents.shape[0]
     drawn = range(scheduler.config.num_train_timesteps) if timesteps_from is None else timesteps_from
-    timesteps = torch.randint(drawn.start, drawn.stop, (batch,), generator=generator)
-    noise = torch.randn(latents.shape, generator=generator, device=generator.device)
-    timesteps, noise = timesteps.to(latents.device), noise.to(latents.device)
+    timesteps = stream.integers(drawn.start, drawn.stop, (batch,), latents.device)
+    noise = stream.normal(latents.shape, latents.device)
     noisy = scheduler.add_noise(latents.float(), noise, timesteps)
     predicted = learner.policy.predict_noise(noisy, timesteps, prompt_embeds, guidance_scale).float()
     target = denoising_target(scheduler, latents.float(), noise, timesteps)
     per_sample = ((predicted - target) ** 2).mean(dim=tuple(range(1, noise.ndim)))
-    return (weights * per_sample).mean()
+    return (weights * per_sample).sum() / (batch if normalizer is None else normalizer)
 
 
 class RewardWeightedRegression(Algorithm):
@@ -88,39 +90,53 @@ class RewardWeightedRegression(Algorithm):
         weights = rwr_weights(samples.rewards.cpu().double().numpy(), samples.prompts, self.beta, self.per_prompt)
         return Targets(torch.as_tensor(weights, dtype=torch.float32))
 
-    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+    def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         """num_inner_epochs shuffled passes over the samples with a non-zero weight (all of them for
         RWR, the kept ones for RWR-sparse); an optimizer step every GA minibatches and after the last.
-        The noise levels trained on are those of train.timestep_window's part of the chain."""
+        The noise levels trained on are those of train.timestep_window's part of the chain.
+
+        Ranks keep different numbers of samples (RWR-sparse's top percentile is global; RWR's
+        weights can underflow to 0), but under DDP every backward is a collective, so every rank
+        runs the minibatches of the rank that kept most: a rank that has run out takes one sample
+        with weight 0 (a zero gradient that still joins the all-reduce). Each minibatch's loss is
+        normalized by its sample count over all ranks, so that DDP's mean over ranks is the mean
+        over every rank's samples of that minibatch (on one process: the minibatch's mean)."""
         t = learner.cfg.train
         guidance = learner.cfg.sample.guidance_scale if t.cfg else 1.0
         timesteps_from = window_timesteps(learner.policy.scheduler.config.num_train_timesteps, t.timestep_window)
         final_latents = trajectories.chain[:, -1]
         weights = trajectories.advantages
         kept = weights.nonzero().squeeze(-1)
-        num_minibatches = math.ceil(len(kept) / t.batch_size)
+        counts = learner.gather(torch.tensor([len(kept)], device=weights.device)).cpu()  # every rank's
+        num_minibatches = math.ceil(int(counts.max()) / t.batch_size)
         accumulation = t.gradient_accumulation_steps
         metrics = MetricMeans()
         bar = learner.progress(t.num_inner_epochs * num_minibatches)
         for _ in range(t.num_inner_epochs):
-            order = kept[torch.randperm(len(kept), generator=generator).to(kept.device)]
+            order = kept[stream.permutation(len(kept), kept.device)]
             for index in range(num_minibatches):
                 rows = order[index * t.batch_size : (index + 1) * t.batch_size]
+                sample_weights = weights[rows]
+                if not len(rows):  # this rank has run out: a zero-weight sample keeps it in step
+                    rows, sample_weights = rows.new_zeros(1), weights.new_zeros(1)
+                in_minibatch = (counts - index * t.batch_size).clamp(0, t.batch_size).sum().item()
                 loss = weighted_denoising_loss(
                     learner,
                     final_latents[rows],
                     trajectories.prompt_embeds[rows],
-                    weights[rows],
+                    sample_weights,
                     guidance,
-                    generator,
+                    stream,
                     timesteps_from,
+                    normalizer=in_minibatch / len(counts),  # x ranks: undoes DDP's mean over ranks
                 )
                 # the mean over this accumulation window's minibatches (the last window may be short)
                 window_start = index - index % accumulation
-                learner.backpropagate(loss / min(accumulation, num_minibatches - window_start))
-                metrics.add(loss=loss)
+                steps_after = (index + 1) % accumulation == 0 or index + 1 == num_minibatches
+                learner.backpropagate(loss / min(accumulation, num_minibatches - window_start), steps_after)
+                metrics.add(loss=loss)  # its mean over ranks is the minibatch's mean over every rank's samples
                 bar.update()
-                if (index + 1) % accumulation == 0 or index + 1 == num_minibatches:
+                if steps_after:
                     learner.optimizer_step()
         bar.close()
         return {**metrics.means(), "weight_max": weights.max().item(), "kept_fraction": len(kept) / len(weights)}

@@ -16,6 +16,7 @@ from rlft.algorithms.running_moments import RunningMoments
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.embedders import ImageEmbedder
 from rlft.errors import ConfigError
+from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories, rescore, trained_steps, training_batches
 
 
@@ -175,7 +176,7 @@ class TDPO(Algorithm):
         return Targets(advantages.float(), returns=returns.float(), metrics=metrics)
 
     # -- optimization ---------------------------------------------------------------------------
-    def optimize(self, learner: Learner, trajectories: Trajectories, generator: torch.Generator) -> dict[str, float]:
+    def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         """Timestep-outer, minibatch-inner (§5.5): for each column j, every minibatch takes one
         micro-step of policy + critic loss; both optimizers step every GA micro-steps."""
         t, s = learner.cfg.train, learner.cfg.sample
@@ -186,7 +187,7 @@ class TDPO(Algorithm):
         bar = learner.progress(t.num_inner_epochs * (len(trajectories) // t.batch_size) * num_timesteps)
         self.critic.train()  # dropout on while the critic learns
         for _ in range(t.num_inner_epochs):
-            batches = training_batches(trajectories, t.batch_size, num_timesteps, generator, steps)
+            batches = training_batches(trajectories, t.batch_size, num_timesteps, stream, steps)
             micro_steps = 0
             for j in range(num_timesteps):
                 for batch in batches:
@@ -197,7 +198,7 @@ class TDPO(Algorithm):
                         values = self.critic(step.state_features)
                     cf_loss, cf_clipfrac = clipped_value_loss(values, step.values, step.returns, self.clip_range_critic)
                     loss = pg_loss + self.cf_coef * cf_loss
-                    learner.backpropagate(loss / accumulation)
+                    learner.backpropagate(loss / accumulation, synchronize=(micro_steps + 1) % accumulation == 0)
                     metrics.add(loss=loss, pg_loss=pg_loss, cf_loss=cf_loss, cf_clipfrac=cf_clipfrac, **info)
                     bar.update()
                     micro_steps += 1
@@ -225,9 +226,9 @@ class TDPO(Algorithm):
         epoch = learner.current_epoch
         if self.neuron_reset and (epoch + 1) % self.neuron_reset_freq == 0:
             masks = dormant if self.reset_which == "dormant" else [~mask for mask in dormant]
-            # Draws from their own generator: deterministic, and the training RNG streams are untouched.
-            generator = torch.Generator().manual_seed(int(learner.cfg.seed) * 100_003 + epoch)
-            reset_neurons(self.critic, masks, self.critic_optimizer, generator)
+            # Draws from a stream of their own, the same on every rank (the critic stays identical
+            # across ranks), and the training streams are untouched.
+            reset_neurons(self.critic, masks, self.critic_optimizer, RandomStream(int(learner.cfg.seed) * 100_003 + epoch))
             metrics["reset_neurons"] = float(sum(int(mask.sum()) for mask in masks))
         return metrics
 

@@ -12,6 +12,7 @@ import torch
 
 torch_xla = pytest.importorskip("torch_xla")
 
+from rlft.streams import RandomStream
 from rlft.xla import compile_count
 from tests.conftest import run_cli
 from tests.test_policy import make_policy
@@ -63,7 +64,7 @@ def test_importance_ratio_is_one_on_xla():
     policy = make_policy("tiny").to(device)
     trajectories = sample(policy)
     trajectories.advantages = trajectories.advantages.to(device)
-    batch = training_batches(trajectories, batch_size=2, num_timesteps=4, generator=torch.Generator().manual_seed(1))[0]
+    batch = training_batches(trajectories, batch_size=2, num_timesteps=4, stream=RandomStream(1))[0]
     for j in range(4):
         step = batch.column(j)
         ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs).cpu()
