@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,11 +20,17 @@ from rlft.rewards.wire import encode_request
 from tests.conftest import pinned, run_cli
 
 
-def start_server(tmp_path, *overrides) -> tuple[subprocess.Popen, str]:
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment of a server process: no token unless the test gives one."""
+    env = {key: value for key, value in os.environ.items() if key != "RLFT_REWARD_TOKEN"}
+    return {**env, "HF_HUB_OFFLINE": "1", **extra}
+
+
+def start_server(tmp_path, *overrides, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "rlft.serve", "port=0", *overrides],
         cwd=tmp_path,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env=env or server_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -32,6 +39,8 @@ def start_server(tmp_path, *overrides) -> tuple[subprocess.Popen, str]:
     while time.time() < deadline:
         line = process.stdout.readline()
         if match := re.search(r"on (http://\S+)", line):
+            # Keep reading its log (a line per request): a full pipe would block the server.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
             return process, match.group(1)
         assert process.poll() is None, "the server exited before serving"
     raise AssertionError("the server did not start")
