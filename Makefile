@@ -62,6 +62,13 @@ tpu-train: install
 bench: install
 	$(PY) -m rlft.bench $(ARGS)
 
+# The one-GPU run, prepared (rlft/gpu_check.py): a DDPO and a TDPO-R epoch on Stable Diffusion 1.5's
+# shapes, 512 px, bf16, LoRA, random weights built here (no download, sized for 8 minutes; needs a CUDA
+# torch). ARGS="--tiny" runs the same path on the CPU on the tiny model's shapes.
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) -m rlft.gpu_check $(ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check rlft tests launchers experiments
 
