@@ -16,9 +16,10 @@ CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parent.parent /
 
 
 def on_experiment(overrides: list[str], experiment: str) -> list[str]:
-    """`overrides` on `experiment` unless they choose one themselves. Appended, not prepended: on
-    the command line no Hydra flag (such as -m) may follow an override."""
-    if any(o.startswith(("experiment=", "+experiment=")) for o in overrides):
+    """`overrides` on `experiment` unless they choose one themselves (`~experiment`, no preset, is a
+    choice too). Appended, not prepended: on the command line no Hydra flag (such as -m) may follow
+    an override."""
+    if any(o.startswith(("experiment=", "+experiment=", "~experiment")) for o in overrides):
         return list(overrides)
     return [*overrides, f"experiment={experiment}"]
 

@@ -157,4 +157,5 @@ def test_on_experiment_appends_the_experiment_unless_one_is_chosen():
     assert on_experiment(["-m", "seed=0,1"], "demo") == ["-m", "seed=0,1", "experiment=demo"]
     assert on_experiment(["experiment=toy_demo", "seed=1"], "demo") == ["experiment=toy_demo", "seed=1"]
     assert on_experiment(["+experiment=x"], "demo") == ["+experiment=x"]
+    assert on_experiment(["~experiment", "model=tiny"], "demo") == ["~experiment", "model=tiny"]
     assert compose_config(["seed=3"]).model.components._target_ != "rlft.toy.model.load_toy"  # the tests' base
