@@ -76,3 +76,34 @@ def test_two_process_tdpo_r_keeps_policy_and_critic_in_sync(tmp_path):
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
     (run_dir,) = (tmp_path / "out" / "runs").iterdir()
     assert "reset_neurons" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_two_process_rwr_sparse_with_unequal_kept_counts_stays_in_step(tmp_path):
+    """RWR-sparse keeps the global top half: the ranks keep different numbers of samples (checked),
+    so without padding their numbers of backward passes, each a DDP all-reduce, would differ and
+    the run would hang. It finishes, with identical weights on both ranks."""
+    dump = tmp_path / "dump"
+    run_cli(
+        [
+            "hardware.devices=2",
+            "hardware.strategy=ddp",
+            "epochs=3",
+            "algorithm=rwr_sparse",
+            "algorithm.percentile=50",
+            "train.batch_size=1",
+            "train.gradient_accumulation_steps=2",
+            f"debug.dump_dir={dump}",
+            f"output_root={tmp_path / 'out'}",
+            *[a for a in SMALL if not a.startswith("train.")],
+        ],
+        cwd=tmp_path,
+        timeout=300,  # a hang ends here, not in CI's own timeout
+    )
+    kept = [
+        [int((torch.load(dump / f"advantages_epoch{epoch}_rank{r}.pt")["advantages"] > 0).sum()) for r in range(2)]
+        for epoch in range(3)
+    ]
+    assert any(a != b for a, b in kept), kept  # the case under test happened
+    weights = [torch.load(dump / f"weights_epoch3_rank{r}.pt")["weights"] for r in range(2)]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
