@@ -52,6 +52,7 @@ class RLModule(pl.LightningModule):
         self.history: list[dict[str, float]] = []  # per-epoch metrics, also returned by rlft.train
         self.advantage_metrics: dict[str, float] = {}
         self.showcase_results: dict[str, dict[str, float]] = {}  # "before"/"after": mean rewards
+        self.backward_passes = {"synchronized": 0, "local": 0}  # this epoch's, by kind
 
     # -- Lightning plumbing ---------------------------------------------------------------------
     def configure_optimizers(self):
@@ -189,9 +190,11 @@ class RLModule(pl.LightningModule):
 
     def optimize(self, trajectories: Trajectories, epoch: int, timings: dict) -> dict[str, float]:
         start = time.perf_counter()
+        self.backward_passes = {"synchronized": 0, "local": 0}
         stats = self.algorithm.optimize(self, trajectories, self.stream(epoch, SHUFFLE))
         sync(self.device)  # on XLA: run what the epoch left pending (e.g. a neuron reset) inside it
         timings["training_s"] = time.perf_counter() - start
+        self.dump("optimize", **self.backward_passes)  # every rank must show the same counts
         return stats
 
     # -- what algorithms use to train (the Learner protocol) ------------------------------------
@@ -201,6 +204,7 @@ class RLModule(pl.LightningModule):
         micro-step before the step (every rank must pass the same sequence of flags)."""
         # (not `backward`: that name is a LightningModule hook)
         strategy = self.trainer.strategy
+        self.backward_passes["synchronized" if synchronize else "local"] += 1
         if synchronize or not hasattr(strategy, "block_backward_sync"):
             self.manual_backward(loss)
         else:

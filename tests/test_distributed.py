@@ -104,6 +104,9 @@ def test_two_process_rwr_sparse_with_unequal_kept_counts_stays_in_step(tmp_path)
         for epoch in range(3)
     ]
     assert any(a != b for a, b in kept), kept  # the case under test happened
+    for epoch in range(3):  # ... and every rank ran the same backward passes, each kind
+        counts = [torch.load(dump / f"optimize_epoch{epoch}_rank{r}.pt") for r in range(2)]
+        assert counts[0] == counts[1] and counts[0]["synchronized"] >= 1, (epoch, counts)
     weights = [torch.load(dump / f"weights_epoch3_rank{r}.pt")["weights"] for r in range(2)]
     for name in weights[0]:
         torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)

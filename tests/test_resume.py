@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.conftest import pinned, run_cli
 
@@ -94,3 +95,60 @@ def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
 def test_resume_auto_without_runs_starts_fresh(tmp_path, resume):
     result = run_cli(["epochs=1", "sample.num_steps=2", f"output_root={tmp_path}", f"resume={resume}"], cwd=tmp_path)
     assert "starting a new run" in result.stdout + result.stderr
+
+
+SMALL = ["epochs=2", "sample.num_steps=2", "sample.num_batches_per_epoch=1", "train.gradient_accumulation_steps=2"]
+
+
+def test_resume_auto_continues_its_own_run_directory_and_never_another(tmp_path):
+    """The cluster pattern: fixed run directory, resume=auto, requeue. A finished run elsewhere under
+    output_root is not taken; the run directory's own checkpoint is, once it has one."""
+    from rlft.resume import RunFinished
+    from rlft.train import train
+    from tests.conftest import compose_config
+
+    out = tmp_path / "out"
+    other = out / "runs" / "finished_long_ago"
+    train(compose_config([*SMALL, f"output_root={out}"]), other)
+    mine = out / "fixed"
+    auto = [*SMALL, f"output_root={out}", "resume=auto"]
+    train(compose_config(auto), mine)  # nothing in its directory: a new run there, not `other`
+    assert [row["epoch"] for row in metrics(mine)] == ["0", "1"]
+
+    with pytest.raises(RunFinished, match=r"already finished its 2 epochs.*set epochs above 2"):
+        train(compose_config(auto), mine)  # a requeue after the end
+    train(compose_config([*auto, "epochs=3"]), mine)  # more epochs: continues where it stopped
+    assert [row["epoch"] for row in metrics(mine)] == ["0", "1", "2"]
+    assert [row["epoch"] for row in metrics(other)] == ["0", "1"]  # untouched
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_algorithm_or_reward(tmp_path):
+    from rlft.errors import ConfigError
+    from rlft.train import train
+    from tests.conftest import compose_config
+
+    run = tmp_path / "run"
+    train(compose_config([*SMALL, f"output_root={tmp_path}"]), run)
+    for change, key in [
+        ("algorithm=ddpo_sf", "algorithm._target_"),
+        ("reward=brightness", "reward._target_"),
+        ("model=tiny_lora", "model.lora"),
+        ("algorithm.clip_range=0.2", "algorithm.clip_range: 0.0001 -> 0.2"),
+    ]:
+        cfg = compose_config([*SMALL, "epochs=4", f"output_root={tmp_path}", "resume=auto", change])
+        with pytest.raises(ConfigError, match=r"the checkpoint is of another run .*" + key.replace(".", r"\.")):
+            train(cfg, run)
+
+
+def test_resume_of_a_file_that_is_not_an_rlft_checkpoint_is_one_clear_error(tmp_path):
+    from rlft.errors import ConfigError
+    from rlft.resume import find_resumption
+    from tests.conftest import compose_config
+
+    torch_file = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, torch_file)
+    text_file = tmp_path / "notes.ckpt"
+    text_file.write_text("not a checkpoint")
+    for path, problem in [(torch_file, "a torch file but not an rlft checkpoint"), (text_file, "cannot be read")]:
+        with pytest.raises(ConfigError, match=f"resume={path}: {problem}"):
+            find_resumption(compose_config([f"resume={path}"]), tmp_path / "run", search_output_root=False)
