@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlft.config import CONFIG_DIR
-from rlft.errors import RlftError
+from rlft.errors import RlftError, exit_with
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -21,11 +19,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg, HydraConfig.get().runtime.output_dir)
     except RlftError as error:  # bad input or a failed service: one line that names the fix
-        print(f"rlft: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except MisconfigurationException as error:  # Lightning cannot run the hardware/strategy asked for
-        print(f"rlft: error: {error} Check the hardware group (hardware=cpu runs on any machine).", file=sys.stderr)
-        sys.exit(2)
+        exit_with(error)  # (HYDRA_FULL_ERROR=1: the traceback instead)
+    except MisconfigurationException as error:  # a Lightning setting rlft did not check itself
+        exit_with(error)
     # Returned to Hydra's sweepers (e.g. optuna) as the job's objective.
     return metrics.get("reward_mean")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+import re
 import types
 import typing
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from rlft.errors import ConfigError
 
@@ -55,41 +58,101 @@ def _accepts(hint, value) -> bool | None:
     return None
 
 
+def node_key(node: DictConfig, key: str, where: str) -> str:
+    """The config key a user sets for `node[key]`: `where.key`, or for a child that is an
+    interpolation of another node (TDPO's `embedder: ${model.image_embedder}`) the key it points to."""
+    child = node._get_node(key)
+    if child is not None and child._is_interpolation():
+        match = re.fullmatch(r"\$\{(\w[\w.]*)\}", str(child._value()))
+        if match:
+            return match.group(1)
+    return f"{where}.{key}" if where else str(key)
+
+
+def _parameters(target) -> tuple[dict, set[str] | None]:
+    """The annotations of a `_target_` and its argument names (None when it takes **kwargs)."""
+    function = target.__init__ if isinstance(target, type) else target
+    hints = typing.get_type_hints(function)
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return hints, None
+    return hints, {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
 def check_argument_types(node: DictConfig, where: str) -> None:
     """Check a node's scalar values against the annotations of the callable its `_target_` names,
-    so that `algorithm.clip_range=abc` is reported by name instead of failing deep in a loss."""
+    so that `algorithm.clip_range=abc` is reported by name instead of failing deep in a loss, and
+    its keys against the callable's arguments (`+algorithm.clip=0.1` is not DDPO's clip_range)."""
     from hydra.utils import get_method
 
     try:
         target = get_method(node._target_)
-        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        hints, names = _parameters(target)
     except (ImportError, AttributeError, NameError, TypeError, ValueError):
         return  # a target that cannot be introspected is left to instantiate's own errors
     for key in node:
         if str(key).startswith("_"):
             continue
+        if names is not None and key not in names:
+            raise ConfigError(
+                f"{node_key(node, key, where)}={node._get_node(key)._value()} is not an argument of {node._target_}; "
+                f"it takes {', '.join(sorted(names)) or 'none'}"
+            )
         value = node[key]
         if isinstance(value, DictConfig) and "_target_" in value:
-            check_argument_types(value, f"{where}.{key}")
+            check_argument_types(value, node_key(node, key, where))
         elif key in hints and not isinstance(value, (DictConfig, ListConfig)) and _accepts(hints[key], value) is False:
             expected = getattr(hints[key], "__name__", str(hints[key]))
-            raise ConfigError(f"{where}.{key}={value!r} should be of type {expected}")
+            raise ConfigError(f"{node_key(node, key, where)}={value!r} should be of type {expected}")
+
+
+def _argument_key(node: DictConfig, error: ConfigError, where: str) -> str:
+    """The config key of the argument a ConfigError raised while building `node` is about."""
+    if error.argument in node:
+        return node_key(node, error.argument, where)
+    return f"{where}.{error.argument}" if where else error.argument
+
+
+def _instantiate(node: DictConfig, built: dict, kwargs: dict):
+    """instantiate(node, **kwargs) with the children in `built` already made: the rest of the node
+    becomes a partial that is called with them (handing them to instantiate as kwargs would merge
+    them into the config, and OmegaConf turns a dataclass into config values)."""
+    from hydra.utils import instantiate
+
+    if not built:
+        return instantiate(node, **kwargs)
+    rest = copy.deepcopy(node)
+    rest._set_parent(node._get_parent())  # interpolations such as ${model.path} still resolve
+    with open_dict(rest):
+        for key in built:
+            del rest[key]
+    return instantiate(rest, _partial_=True, **kwargs)(**built)
 
 
 def build(node: DictConfig, where: str | None = None, **kwargs):
     """hydra.utils.instantiate, after `check_argument_types`; a ConfigError raised inside reaches
-    the user unwrapped. `where` names the node in messages (e.g. "algorithm")."""
+    the user unwrapped. `where` names the node in messages (e.g. "algorithm"; "" for a node that
+    is no key of the run's config): its nested `_target_` nodes are then built first, one by one,
+    so that a ConfigError about a loader's argument names that argument's full key."""
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
 
+    built = {}
     if where is not None and "_target_" in node:
         check_argument_types(node, where)
+        if node.get("_recursive_", True):
+            for key in node:
+                child = node[key]
+                nested = isinstance(child, DictConfig) and "_target_" in child and not child.get("_partial_", False)
+                if nested and key not in kwargs:
+                    built[key] = build(child, node_key(node, key, where))
     try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
+        return _instantiate(node, built, kwargs)
+    except (ConfigError, InstantiationException) as error:
+        cause = error
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
+        if cause is None:
+            raise
+        located = cause if where is None or cause.argument is None else cause.at(_argument_key(node, cause, where))
+        # chained to what it came from (HYDRA_FULL_ERROR=1 shows it), not to Hydra's wrapper around it
+        raise located from (cause if located is not cause else cause.__cause__)

@@ -93,15 +93,22 @@ def tiny_clip(
 
 
 def pretrained_clip(hub_id: str, path: str | None = None) -> ImageEmbedder:
-    """The image tower of a CLIP checkpoint (e.g. openai/clip-vit-large-patch14, yuvalkirstain/PickScore_v1)."""
+    """The image tower of a CLIP checkpoint (e.g. openai/clip-vit-large-patch14, yuvalkirstain/PickScore_v1).
+
+    Its errors name the key `path` sits under (reward.embedder.path, model.image_embedder.path)
+    when it is built by rlft.config.build."""
     source = str(Path(path).expanduser()) if path else hub_id
     try:
         model = CLIPVisionModelWithProjection.from_pretrained(source)
     except (OSError, ValueError) as error:
-        offline = " and HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        if path:
+            reason = f"{type(error).__name__}: no CLIP checkpoint (config.json and weights) there"
+        else:
+            offline = " and HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+            reason = f"{type(error).__name__}: not in the local Hugging Face cache{offline}"
         raise ConfigError(
-            f"cannot load the image encoder '{source}' ({type(error).__name__}: not in the local Hugging Face "
-            f"cache{offline}). Fix: run `hf download {hub_id}` on a machine with internet access, "
-            "or pass algorithm.embedder.path=/a/local/copy."
+            f"{{key}}={path or 'null'}: cannot load the image encoder '{source}' ({reason}). Fix: run "
+            f"`hf download {hub_id}` on a machine with internet access, or pass {{key}}=/a/local/copy.",
+            argument="path",
         ) from error
     return ImageEmbedder(model)

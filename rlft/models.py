@@ -154,15 +154,16 @@ def build_offline(
 
 
 def _missing_model_message(name_or_path: str, reason: str, hub_id: str, directory: Path | None = None) -> str:
-    """The error for a model that cannot be loaded; `directory`: the model.path given, if any."""
+    """The error for a model that cannot be loaded; `directory`: the model.path given, if any. It
+    names the key of load_pretrained's `path` (rlft.errors.ConfigError): model.path for model=sd14."""
     if directory is None:
         fix = f"run `hf download {hub_id}` (or let the run download it)"
     else:
         fix = f"run `hf download {hub_id} --local-dir {directory}`"
     return (
-        f"cannot load the model '{name_or_path}': {reason}. A diffusers pipeline directory is needed "
-        f"with model_index.json and the subfolders {', '.join(PIPELINE_SUBFOLDERS)}. Fix: on a machine "
-        f"with internet access {fix}, or copy such a directory here and pass model.path=/path/to/it."
+        f"{{key}}={directory or 'null'}: cannot load the model '{name_or_path}': {reason}. A diffusers pipeline "
+        f"directory is needed with model_index.json and the subfolders {', '.join(PIPELINE_SUBFOLDERS)}. Fix: on "
+        f"a machine with internet access {fix}, or copy such a directory here and pass {{key}}=/path/to/it."
     )
 
 
@@ -172,7 +173,7 @@ def load_pretrained(hub_id: str, path: str | None = None, revision: str | None =
     if directory is not None:
         if not (directory / "model_index.json").is_file():
             raise ConfigError(
-                _missing_model_message(str(directory), "model_index.json not found there", hub_id, directory)
+                _missing_model_message(str(directory), "model_index.json not found there", hub_id, directory), "path"
             )
         source, kwargs = str(directory), {}
     else:
@@ -190,5 +191,5 @@ def load_pretrained(hub_id: str, path: str | None = None, revision: str | None =
         else:
             reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
         message = _missing_model_message(source, f"{reason} ({type(error).__name__})", hub_id, directory)
-        raise ConfigError(message) from error
+        raise ConfigError(message, "path") from error
     return Components(unet, vae, text_encoder, tokenizer, DDIMScheduler.from_config(scheduler_config), source)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,7 +20,7 @@ from rlft.config import build, load_option
 from rlft.errors import ConfigError
 from rlft.module import RLModule
 from rlft.policy import Policy
-from rlft.sampler import group_problem
+from rlft.validation import HARDWARE_HINT, check_config
 
 log = logging.getLogger("rlft")
 
@@ -48,6 +49,14 @@ TYPED_KEYS = {
     "train.adam_weight_decay": float,
     "train.adam_epsilon": float,
     "train.max_grad_norm": float,
+    "showcase.samples": int,
+    "showcase.grid": int,
+    "showcase.batch_size": int,
+    "showcase.seed": int,
+    "hardware.num_nodes": int,
+    "hardware.allow_tf32": bool,
+    "perf.channels_last": bool,
+    "perf.gradient_checkpointing": bool,
 }
 
 
@@ -64,52 +73,15 @@ def _check_types(cfg: DictConfig) -> None:
             )
         )
         if not ok:
-            raise ConfigError(f"{key}={value!r} should be {'a number' if kind is float else f'an {kind.__name__}'}")
+            expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+            raise ConfigError(f"{key}={value!r} should be {expected}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject inconsistent settings before anything is built, naming the key and the fix."""
+    """Reject bad and inconsistent settings before anything is built, naming the key and the fix
+    (the checks beyond the types: rlft/validation.py)."""
     _check_types(cfg)
-    s, t = cfg.sample, cfg.train
-    grouping_problem = group_problem(s.batch_size * s.num_batches_per_epoch, s.images_per_prompt)
-    checks = [
-        (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
-        (
-            s.batch_size >= 1 and s.num_batches_per_epoch >= 1,
-            "sample.batch_size and sample.num_batches_per_epoch must be at least 1",
-        ),
-        (s.num_steps >= 1, f"sample.num_steps={s.num_steps} must be at least 1"),
-        (s.eta > 0, f"sample.eta={s.eta} must be > 0: with eta=0 the DDIM policy is deterministic and has no log-prob"),
-        (
-            t.batch_size >= 1 and s.batch_size * s.num_batches_per_epoch % t.batch_size == 0,
-            (
-                f"train.batch_size={t.batch_size} must divide the samples per epoch per process "
-                f"(sample.batch_size * sample.num_batches_per_epoch = {s.batch_size * s.num_batches_per_epoch})"
-            ),
-        ),
-        (
-            t.gradient_accumulation_steps >= 1
-            and (s.batch_size * s.num_batches_per_epoch // t.batch_size) % t.gradient_accumulation_steps == 0,
-            (
-                f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} must divide the number of training "
-                f"minibatches per epoch ({s.batch_size * s.num_batches_per_epoch // max(t.batch_size, 1)})"
-            ),
-        ),
-        (0 < t.timestep_fraction <= 1, f"train.timestep_fraction={t.timestep_fraction} must be in (0, 1]"),
-        (not grouping_problem, grouping_problem),
-        (
-            len(t.timestep_window) == 2 and 0 <= t.timestep_window[0] < t.timestep_window[1] <= 1,
-            f"train.timestep_window={list(t.timestep_window)} must be [start, stop] with 0 <= start < stop <= 1",
-        ),
-        (t.num_inner_epochs >= 1, "train.num_inner_epochs must be at least 1"),
-        (
-            cfg.perf.trajectory_dtype in ("float32", "bfloat16", "float16"),
-            f"perf.trajectory_dtype={cfg.perf.trajectory_dtype} must be float32, bfloat16 or float16",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    check_config(cfg)
 
 
 def _quiet_known_warnings() -> None:
@@ -158,23 +130,44 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
-    # Rewards first: a reward that cannot be built is the likeliest problem and the cheapest to report.
+    # Cheapest first: prompts (a text file), then rewards (the likeliest problem: missing weights),
+    # so that a bad value is reported before minutes go into loading the model.
+    prompts = build(cfg.prompt, "prompt")
     reward = build(cfg.reward, "reward")
-    eval_rewards = {name: build(load_option("reward", name), f"eval reward {name}") for name in cfg.eval_rewards}
+    eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
     components = build(cfg.model.components, "model.components")
-    policy = Policy(
-        components,
-        lora=cfg.model.lora,
-        frozen_dtype=cfg.hardware.frozen_dtype,
-        keep_reference=algorithm.needs_reference,
-        compile_unet=OmegaConf.to_container(cfg.perf.compile)
-        if isinstance(cfg.perf.compile, DictConfig)
-        else cfg.perf.compile,
-        channels_last=cfg.perf.channels_last,
-        gradient_checkpointing=cfg.perf.gradient_checkpointing,
-    )
-    return RLModule(cfg, policy, algorithm, build(cfg.prompt, "prompt"), reward, eval_rewards, run_dir)
+    try:
+        policy = Policy(
+            components,
+            lora=cfg.model.lora,
+            frozen_dtype=cfg.hardware.frozen_dtype,
+            keep_reference=algorithm.needs_reference,
+            compile_unet=OmegaConf.to_container(cfg.perf.compile)
+            if isinstance(cfg.perf.compile, DictConfig)
+            else cfg.perf.compile,
+            channels_last=cfg.perf.channels_last,
+            gradient_checkpointing=cfg.perf.gradient_checkpointing,
+        )
+    except ValueError as error:  # peft's refusal of an adapter config (e.g. target modules the UNet lacks)
+        if cfg.model.lora is None:
+            raise
+        lora = OmegaConf.to_container(cfg.model.lora, resolve=True)
+        if "target modules" in str(error).lower():
+            key, value = "model.lora.target_modules", lora.get("target_modules")
+        else:
+            key, value = "model.lora", lora
+        raise ConfigError(f"{key}={value}: peft cannot add these adapters to the UNet ({error})") from error
+    return RLModule(cfg, policy, algorithm, prompts, reward, eval_rewards, run_dir)
+
+
+def build_eval_reward(name: str):
+    """The reward option `name` (conf/reward/<name>.yaml) as an eval reward; its keys are that
+    file's, not the run's (no command-line key reaches them), and its errors say so."""
+    try:
+        return build(load_option("reward", name), "")
+    except ConfigError as error:
+        raise ConfigError(f"eval_rewards=[{name}]: in conf/reward/{name}.yaml, {error}") from error
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -204,6 +197,13 @@ def build_strategy(hw: DictConfig):
 def build_accelerator(hw: DictConfig):
     """Lightning's accelerator name, or for `tpu` rlft's PJRT accelerator (TPU, or PJRT_DEVICE=CPU
     for testing the XLA path), with torch-xla's persistent compile cache switched on."""
+    if hw.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"hardware.accelerator={hw.accelerator}: no CUDA GPU is visible to this process "
+            f"(torch.cuda.is_available() is False). {HARDWARE_HINT}"
+        )
+    if hw.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"hardware.accelerator=mps: this machine has no Apple GPU (MPS). {HARDWARE_HINT}")
     if hw.accelerator != "tpu":
         return hw.accelerator
     try:
@@ -238,7 +238,15 @@ def build_trainer(cfg: DictConfig, **settings) -> pl.Trainer:
         "num_sanity_val_steps": 0,
         "use_distributed_sampler": False,
     }
-    return pl.Trainer(**{**arguments, **settings})
+    try:
+        return pl.Trainer(**{**arguments, **settings})
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as error:  # Lightning cannot run this setup
+        strategy = hw.strategy if not isinstance(hw.strategy, DictConfig) else hw.strategy.get("_target_")
+        raise ConfigError(
+            f"hardware.accelerator={hw.accelerator} hardware.devices={hw.devices} hardware.num_nodes={hw.num_nodes} "
+            f"hardware.strategy={strategy} hardware.precision={hw.precision}: {error} {HARDWARE_HINT}"
+        ) from error
+
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:

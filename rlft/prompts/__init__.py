@@ -18,20 +18,28 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 @cache
-def read_lines(path: str) -> tuple[str, ...]:
-    """Non-empty stripped lines of a shipped asset (by name) or of any file on disk (by path)."""
+def read_lines(path: str, argument: str = "path") -> tuple[str, ...]:
+    """Non-empty stripped lines of a shipped asset (by name) or of any file on disk (by path).
+    `argument`: the loader's argument `path` was given as, named in errors (rlft.errors.ConfigError)."""
     candidate = Path(path).expanduser()
     if not candidate.is_file():
         candidate = ASSETS / path
     if not candidate.is_file():
         shipped = ", ".join(sorted(p.name for p in ASSETS.glob("*.txt")))
+        problem = "is a directory, not a file" if Path(path).expanduser().is_dir() else "not found"
         raise ConfigError(
-            f"prompt file '{path}' not found; give an existing path or one of the shipped files: {shipped}"
+            f"{{key}}={path}: prompt file {problem}; give an existing text file (one prompt a line) or one of the "
+            f"shipped files: {shipped}",
+            argument,
         )
+    try:
+        text = candidate.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{{key}}={path}: cannot read the prompt file ({error}); give a UTF-8 text file", argument)
     # Empty lines are dropped: the reference loader kept them and could draw "" as a prompt.
-    lines = tuple(line.strip() for line in candidate.read_text(encoding="utf-8").splitlines() if line.strip())
+    lines = tuple(line.strip() for line in text.splitlines() if line.strip())
     if not lines:
-        raise ConfigError(f"prompt file '{candidate}' has no prompts")
+        raise ConfigError(f"{{key}}={path}: the prompt file {candidate} has no prompts (no non-empty line)", argument)
     return lines
 
 
@@ -40,7 +48,7 @@ class PromptSource:
 
     def __init__(self, prompts: list[str] | tuple[str, ...]):
         if not prompts:
-            raise ConfigError("a prompt source needs at least one prompt")
+            raise ConfigError("{key}=[]: a prompt source needs at least one prompt", "prompts")
         self.prompts = tuple(prompts)
 
     def __len__(self) -> int:
@@ -54,7 +62,14 @@ class FromFile(PromptSource):
     """Lines [low:high] of a text file (a shipped asset name or a path)."""
 
     def __init__(self, path: str, low: int | None = None, high: int | None = None):
-        super().__init__(read_lines(path)[low:high])
+        lines = read_lines(path)
+        if not lines[low:high]:
+            raise ConfigError(
+                f"{{key}}={low} and high={high} select none of the {len(lines)} prompts of {path} "
+                "(lines [low:high], counted from 0; null for the start or the end)",
+                "low",
+            )
+        super().__init__(lines[low:high])
 
 
 class NounsActivities(PromptSource):
@@ -63,7 +78,11 @@ class NounsActivities(PromptSource):
     def __init__(self, nouns: str, activities: str):
         article = inflect.engine()
         super().__init__(
-            [f"{article.a(noun)} {activity}" for noun in read_lines(nouns) for activity in read_lines(activities)]
+            [
+                f"{article.a(noun)} {activity}"
+                for noun in read_lines(nouns, "nouns")
+                for activity in read_lines(activities, "activities")
+            ]
         )
 
 

@@ -61,7 +61,9 @@ class AestheticScore(LearnedReward):
                     str(path),
                     f"the file {HEAD_FILE} (3,714,759 bytes)",
                     "download it from github.com/christophschuhmann/improved-aesthetic-predictor and pass "
-                    "reward.head_path=/path/to/it",
+                    "{key}=/path/to/it",
+                    argument="head_path",
+                    value=head_path,
                 )
             head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         elif random_head_seed is not None:
@@ -70,8 +72,9 @@ class AestheticScore(LearnedReward):
                 head = AestheticHead(embedder.dim)
         else:
             raise ConfigError(
-                f"reward.head_path is not set: the aesthetic reward needs {HEAD_FILE} from "
-                "github.com/christophschuhmann/improved-aesthetic-predictor; pass reward.head_path=/path/to/it"
+                f"{{key}}=null: the aesthetic reward needs its head {HEAD_FILE} from "
+                "github.com/christophschuhmann/improved-aesthetic-predictor; pass {key}=/path/to/it",
+                argument="head_path",
             )
         self.embedder = self.place(embedder)
         self.head = self.place(head)

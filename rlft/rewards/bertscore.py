@@ -41,7 +41,9 @@ class BertScore:
                 "the BERTScore model",
                 source,
                 "its config, weights and tokenizer",
-                f"run `hf download {hub_id}` or pass reward.bertscore.path=/a/local/copy",
+                f"run `hf download {hub_id}` or pass {{key}}=/a/local/copy",
+                argument="path",
+                value=path,
             ) from error
 
     @torch.no_grad()

@@ -80,9 +80,10 @@ def tiny_clip_towers(seed: int = 0, **config) -> ClipTowers:
     return ClipTowers(model, character_tokenizer())
 
 
-def load_clip_tokenizer(source: str, what: str) -> CLIPTokenizer:
+def load_clip_tokenizer(source: str, what: str, argument: str = "tokenizer") -> CLIPTokenizer:
     """CLIPTokenizer.from_pretrained, refusing the near-empty tokenizer transformers builds (without
-    an error) when vocab.json and merges.txt are not found."""
+    an error) when vocab.json and merges.txt are not found. `argument`: the loader's argument that
+    gave `source`, named in the error."""
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source)
     except (OSError, ValueError):
@@ -92,8 +93,9 @@ def load_clip_tokenizer(source: str, what: str) -> CLIPTokenizer:
             what,
             source,
             "vocab.json and merges.txt",
-            f"run `hf download {source}` on a machine with internet access, or give a local "
-            "directory with them",
+            f"run `hf download {source}` on a machine with internet access, or pass {{key}}=/a/directory/with/them",
+            argument=argument,
+            value=source,
         )
     return tokenizer
 
@@ -111,6 +113,10 @@ def pretrained_clip_towers(hub_id: str, tokenizer: str | None = None, path: str 
             source,
             "config.json, the model weights and the tokenizer files (vocab.json, merges.txt)",
             f"run `hf download {hub_id}` (and `{tokenizer}` for the tokenizer) on a machine with "
-            "internet access, or pass reward.model.path=/dir/with/both",
+            "internet access, or pass {key}=/dir/with/both",
+            argument="path",
+            value=path,
         ) from error
-    return ClipTowers(model, load_clip_tokenizer(tokenizer_source, "the CLIP tokenizer"))
+    return ClipTowers(
+        model, load_clip_tokenizer(tokenizer_source, "the CLIP tokenizer", "path" if path else "tokenizer")
+    )

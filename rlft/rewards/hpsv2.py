@@ -69,7 +69,7 @@ class HPSv2(LearnedReward):
 
     def __init__(
         self,
-        version: str = "2.0",
+        version: str | float = "2.0",  # (reward.version=2.1 on the command line is a float)
         checkpoint: str | None = None,
         tokenizer: str = TOKENIZER,
         architecture: str = "ViT-H-14",
@@ -81,9 +81,9 @@ class HPSv2(LearnedReward):
         super().__init__(device, dtype, batch_size)
         version = str(version)
         if version not in CHECKPOINTS:
-            raise ConfigError(f"reward.version={version!r} is not one of {sorted(CHECKPOINTS)}")
+            raise ConfigError(f"{{key}}={version!r} is not one of {sorted(CHECKPOINTS)}", "version")
         if architecture not in ("ViT-H-14", "tiny"):
-            raise ConfigError(f"reward.architecture={architecture!r} must be ViT-H-14 or tiny")
+            raise ConfigError(f"{{key}}={architecture!r} must be ViT-H-14 or tiny", "architecture")
         # Files first, so that a missing one is reported before a 1B-parameter model is built.
         if architecture == "tiny":
             from rlft.models import character_tokenizer
@@ -108,7 +108,9 @@ class HPSv2(LearnedReward):
                     "HPSv2",
                     str(path),
                     f"the file {CHECKPOINTS[version]}",
-                    f"download it from the hub repository {HUB_REPO} and pass reward.checkpoint=/path/to/it",
+                    f"download it from the hub repository {HUB_REPO} and pass {{key}}=/path/to/it",
+                    argument="checkpoint",
+                    value=checkpoint,
                 )
             return path
         from huggingface_hub import hf_hub_download
@@ -122,7 +124,8 @@ class HPSv2(LearnedReward):
                 f"{HUB_REPO}/{CHECKPOINTS[version]}",
                 f"the file {CHECKPOINTS[version]}",
                 f"run `hf download {HUB_REPO} {CHECKPOINTS[version]}` on a machine with internet "
-                "access, or pass reward.checkpoint=/path/to/it",
+                "access, or pass {key}=/path/to/it",
+                argument="checkpoint",
             ) from error
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

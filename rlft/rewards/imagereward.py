@@ -117,7 +117,7 @@ class ImageReward(LearnedReward):
     ):
         super().__init__(device, dtype, batch_size)
         if architecture not in ("blip-large", "tiny"):
-            raise ConfigError(f"reward.architecture={architecture!r} must be blip-large or tiny")
+            raise ConfigError(f"{{key}}={architecture!r} must be blip-large or tiny", "architecture")
         path = self._checkpoint(checkpoint) if checkpoint or architecture != "tiny" else None
         self.tokenizer = tiny_bert_tokenizer() if architecture == "tiny" else self._tokenizer(tokenizer)
         vision_config, text_config = blip_configs(architecture)
@@ -144,7 +144,9 @@ class ImageReward(LearnedReward):
                 "the BERT tokenizer",
                 source,
                 "vocab.txt",
-                f"run `hf download {source}` or pass a directory",
+                f"run `hf download {source}` or pass {{key}}=/a/directory/with/it",
+                argument="tokenizer",
+                value=source,
             )
         return tokenizer
 
@@ -152,12 +154,12 @@ class ImageReward(LearnedReward):
     def _checkpoint(checkpoint: str | None) -> Path:
         fix = (
             f"run `hf download {HUB_REPO} {CHECKPOINT}` on a machine with internet access, "
-            "or pass reward.checkpoint=/path/to/ImageReward.pt"
+            "or pass {key}=/path/to/ImageReward.pt"
         )
         if checkpoint is not None:
             path = Path(checkpoint).expanduser()
             if not path.is_file():
-                raise missing_weights("ImageReward", str(path), f"the file {CHECKPOINT}", fix)
+                raise missing_weights("ImageReward", str(path), f"the file {CHECKPOINT}", fix, "checkpoint", checkpoint)
             return path
         from huggingface_hub import hf_hub_download
 
@@ -165,7 +167,9 @@ class ImageReward(LearnedReward):
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             return Path(hf_hub_download(HUB_REPO, CHECKPOINT, local_files_only=offline))
         except Exception as error:  # hub errors come in many types; all mean "not here"
-            raise missing_weights("ImageReward", f"{HUB_REPO}/{CHECKPOINT}", f"the file {CHECKPOINT}", fix) from error
+            raise missing_weights(
+                "ImageReward", f"{HUB_REPO}/{CHECKPOINT}", f"the file {CHECKPOINT}", fix, "checkpoint"
+            ) from error
 
     def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         pixels = clip_preprocess(images, self.vision.config.image_size).to(self.dtype)

@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from rlft.errors import ConfigError
 from rlft.rewards.base import Reward
 
 
@@ -25,6 +26,10 @@ class JpegCompressibility(Reward):
     sign = -1.0
 
     def __init__(self, quality: int = 95):
+        if not 0 <= quality <= 100:
+            raise ConfigError(
+                f"{{key}}={quality} must be a JPEG quality in [0, 100] (the reference uses 95)", "quality"
+            )
         self.quality = quality
 
     def score_uint8(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:

@@ -17,12 +17,24 @@ def resolve_device(device: str) -> torch.device:
     """ "auto": this process's GPU when there is one (each DDP rank scores on its own), else the CPU."""
     if device == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{{key}}={device} is not a device; use auto, cpu, cuda or cuda:<index>", "device") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{{key}}={device}: no CUDA GPU is visible to this process; use auto or cpu", "device")
+    return chosen
 
 
-def missing_weights(what: str, source: str, files: str, fix: str) -> ConfigError:
+def missing_weights(
+    what: str, source: str, files: str, fix: str, argument: str | None = None, value: str | None = None
+) -> ConfigError:
+    """The error for weights that are not here. With `argument` (the loader's argument that points
+    at them, e.g. "checkpoint") the message starts with `<key>=<value>:` and may say `{key}` in `fix`
+    (rlft.errors.ConfigError names the full key)."""
     offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-    return ConfigError(f"cannot load {what} from '{source}'{offline}: it needs {files}. Fix: {fix}")
+    prefix = "" if argument is None else f"{{key}}={value or 'null'}: "
+    return ConfigError(f"{prefix}cannot load {what} from '{source}'{offline}: it needs {files}. Fix: {fix}", argument)
 
 
 class LearnedReward(Reward):
@@ -31,9 +43,9 @@ class LearnedReward(Reward):
 
     def __init__(self, device: str = "auto", dtype: str = "float32", batch_size: int = 32):
         if dtype not in DTYPES:
-            raise ConfigError(f"reward.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+            raise ConfigError(f"{{key}}={dtype!r} is not one of {sorted(DTYPES)}", "dtype")
         if batch_size < 1:
-            raise ConfigError(f"reward.batch_size={batch_size} must be at least 1")
+            raise ConfigError(f"{{key}}={batch_size} must be at least 1", "batch_size")
         self.device = resolve_device(device)
         self.follows_run_device = device == "auto"
         self.dtype = DTYPES[dtype]

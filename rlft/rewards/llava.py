@@ -83,7 +83,9 @@ def pretrained_llava(hub_id: str = "llava-hf/llava-1.5-7b-hf", path: str | None 
             "LLaVA",
             source,
             "a transformers LLaVA checkpoint (config.json, weights, tokenizer)",
-            f"run `hf download {hub_id}` or pass reward.llava.path=/a/local/copy",
+            f"run `hf download {hub_id}` or pass {{key}}=/a/local/copy",
+            argument="path",
+            value=path,
         ) from error
     return LlavaCaptioner(model, tokenizer, max_new_tokens)
 

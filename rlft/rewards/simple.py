@@ -19,7 +19,7 @@ class Brightness(Reward):
 
     def __init__(self, channel: str | None = None):
         if channel is not None and channel not in self.CHANNELS:
-            raise ConfigError(f"reward.channel={channel!r} is not one of {sorted(self.CHANNELS)} or null")
+            raise ConfigError(f"{{key}}={channel!r} is not one of {sorted(self.CHANNELS)} or null", "channel")
         self.channel = channel
 
     def score_uint8(self, images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:

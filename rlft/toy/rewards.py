@@ -36,7 +36,7 @@ class ToyReward(Reward):
 
     def __init__(self, aspect: str = "alignment"):
         if aspect not in ASPECTS:
-            raise ConfigError(f"reward.aspect={aspect!r} is not one of {', '.join(ASPECTS)}")
+            raise ConfigError(f"{{key}}={aspect!r} is not one of {', '.join(ASPECTS)}", "aspect")
         self.aspect = aspect
         self.name = f"toy_{aspect}"
 
