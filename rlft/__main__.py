@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shlex
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
@@ -14,16 +19,49 @@ from rlft.errors import RlftError, exit_with
 def main(cfg: DictConfig) -> float | None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from rlft.preemption import Preempted
+    from rlft.resume import RunFinished
     from rlft.train import train  # heavy imports after Hydra has parsed the command line
 
     try:
         metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    except RunFinished as finished:  # resume=auto on a finished run (a requeue after the end): not an error
+        print(f"rlft: {finished}", file=sys.stderr)
+        return None
+    except Preempted as stop:
+        if stop.rank == 0:
+            # (on a line of its own: a progress bar may have been cut short mid-line)
+            print(f"\nrlft: {preemption_notice(stop)}", file=sys.stderr, flush=True)
+        exit_now(143)  # 128 + SIGTERM, as if the signal had ended the process
     except RlftError as error:  # bad input or a failed service: one line that names the fix
         exit_with(error)  # (HYDRA_FULL_ERROR=1: the traceback instead)
     except MisconfigurationException as error:  # a Lightning setting rlft did not check itself
         exit_with(error)
     # Returned to Hydra's sweepers (e.g. optuna) as the job's objective.
     return metrics.get("reward_mean")
+
+
+def exit_now(code: int) -> None:
+    """Exit within the preemption's grace period. The interpreter's own shutdown spends seconds
+    collecting the garbage of the libraries loaded (measured: 4.8 s on 2 cores); nothing left is
+    worth that once Lightning has torn the run down and finalized its loggers, except a wandb run,
+    which is finished first so that its last epoch's data is sent."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def preemption_notice(stop) -> str:
+    """One line: what was kept, and the command that continues the run."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    command = " ".join(["python -m rlft", *map(shlex.quote, overrides), f"hydra.run.dir={stop.run_dir}", "resume=auto"])
+    if stop.checkpoint is None:
+        return f"{stop}: no epoch had finished, nothing was kept; rerun the same command to start again"
+    return f"{stop}: kept the checkpoint of epoch {stop.epoch - 1}, the last finished ({stop.checkpoint}); resume with: {command}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -20,6 +19,8 @@ from rlft.config import build, load_option
 from rlft.errors import ConfigError
 from rlft.module import RLModule
 from rlft.policy import Policy
+from rlft.preemption import StopOnSigterm, cluster_plugins
+from rlft.resume import Resumption, find_resumption, resumption_at, trim_metrics
 from rlft.validation import HARDWARE_HINT, check_config
 
 log = logging.getLogger("rlft")
@@ -93,40 +94,29 @@ def _quiet_known_warnings() -> None:
     logging.getLogger("diffusers.models.modeling_utils").setLevel(logging.ERROR)
 
 
-def find_checkpoint(resume: str | None, output_root: Path) -> Path | None:
-    """`resume`: null (fresh run), `auto` (latest last.ckpt under output_root, if any), or a path
-    to a checkpoint file or to a run directory."""
-    if resume in (None, "", False):
-        return None
-    if str(resume) == "auto":
-        candidates = sorted(output_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        return candidates[-1] if candidates else None
-    path = Path(str(resume)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(
-            f"resume={resume}: no checkpoint at {path}; give a .ckpt file, a run directory, or resume=auto"
-        )
-    return path
+# The checkpoint rank 0 resumes, handed to the ranks Lightning starts as its child processes (they
+# see another run directory, so they could not find a run that rank 0 found under output_root).
+RESUME_ENV = "RLFT_RESUME_FROM"
 
 
-def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
-    """Drop rows of epochs the resumed run will redo (written after the checkpoint it resumes)."""
-    if not metrics_file.is_file():
-        return
-    with metrics_file.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = (
-            reader.fieldnames,
-            [r for r in reader if not r.get("epoch") or int(float(r["epoch"])) < first_epoch],
-        )
-    tmp = metrics_file.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, metrics_file)
+def _run_dir_made_up() -> bool:
+    """Whether the run directory is one Hydra made up for a single run (not hydra.run.dir=...)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.mode == RunMode.RUN and not any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+
+
+def resumption_for(cfg: DictConfig, run_dir: Path) -> Resumption | None:
+    """What this process continues: in a rank that Lightning started (LOCAL_RANK > 0, a child of
+    rank 0), rank 0's choice; otherwise `find_resumption`'s."""
+    parent, _, path = os.environ.get(RESUME_ENV, "").partition(":")
+    if os.environ.get("LOCAL_RANK", "0") != "0" and parent == str(os.getppid()):
+        return resumption_at(Path(path)) if path else None
+    return find_resumption(cfg, run_dir, search_output_root=_run_dir_made_up())
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
@@ -248,18 +238,16 @@ def build_trainer(cfg: DictConfig, **settings) -> pl.Trainer:
         ) from error
 
 
-
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
     _quiet_known_warnings()
-    output_root = Path(cfg.output_root)
-    checkpoint = find_checkpoint(cfg.resume, output_root)
     run_dir = Path(run_dir)
-    if checkpoint is not None and checkpoint.parent.name == "checkpoints":
-        run_dir = checkpoint.parent.parent  # continue the interrupted run in its own directory
+    resumption = resumption_for(cfg, run_dir)
+    checkpoint = None if resumption is None else resumption.checkpoint
+    if resumption is not None:
+        run_dir = resumption.run_dir  # continue the interrupted run in its own directory
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, run_dir)
     loggers = build_loggers(cfg, run_dir)
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -272,16 +260,24 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         save_top_k=cfg.num_checkpoints,
     )
     trainer = build_trainer(
-        cfg, logger=loggers, callbacks=[checkpoints], log_every_n_steps=1, default_root_dir=str(run_dir)
-    )
-    if checkpoint is not None:
-        first_epoch = torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"] + 1
-        if trainer.is_global_zero:
-            log.info("resuming %s at epoch %d (run directory %s)", checkpoint, first_epoch, run_dir)
-            trim_metrics(run_dir / "metrics.csv", first_epoch)
-    elif cfg.resume == "auto":
-        log.info("resume=auto: no checkpoint under %s, starting a new run", output_root)
-    trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+        cfg,
+        logger=loggers,
+        callbacks=[checkpoints, StopOnSigterm(run_dir)],
+        log_every_n_steps=1,
+        default_root_dir=str(run_dir),
+        plugins=cluster_plugins(),
+    )  # before the model is built: hardware that is not there fails in seconds, not after loading it
+    module = build_module(cfg, run_dir)
+    if resumption is not None and trainer.is_global_zero:
+        first_epoch = resumption.finished_epochs
+        log.info("resuming %s at epoch %d (run directory %s)", checkpoint, first_epoch, run_dir)
+        trim_metrics(run_dir / "metrics.csv", first_epoch)
+    # for the ranks Lightning starts during fit (children of this process), and for them only
+    os.environ[RESUME_ENV] = f"{os.getpid()}:{checkpoint or ''}"
+    try:
+        trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+    finally:
+        os.environ.pop(RESUME_ENV, None)
     if trainer.is_global_zero:
         export_dir = module.policy.export(run_dir / "export")
         log.info("exported the trained weights to %s", export_dir)
