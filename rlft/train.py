@@ -287,4 +287,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
         if module.showcase_results:
             (run_dir / "showcase.json").write_text(json.dumps(module.showcase_results, indent=1))
+    finish_wandb_run(loggers)
     return module.history[-1] if module.history else {}
+
+
+def finish_wandb_run(loggers: list) -> None:
+    """End this run's wandb run: Lightning's WandbLogger leaves it open, and a second rlft.train in
+    the same process (a sweep in one process, a notebook) would then log into the first one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -4,6 +4,7 @@ on one code path, so the importance ratio is exactly 1 before the first update."
 import pytest
 import torch
 
+from rlft.streams import RandomStream
 from rlft.trajectories import training_batches
 from tests.test_policy import assert_ratio_one, make_policy, sample
 
@@ -60,7 +61,7 @@ def test_compiled_unet_keeps_the_ratio_at_one_and_its_key_names():
 def test_timestep_fraction_trains_on_fewer_columns():
     policy = make_policy("tiny")
     trajectories = sample(policy, steps=4)
-    batch = training_batches(trajectories, 2, 2, torch.Generator().manual_seed(1))[0]
+    batch = training_batches(trajectories, 2, 2, RandomStream(1))[0]
     assert batch.latents.shape[1] == 2
     assert_ratio_one(policy, trajectories, num_timesteps=2)
 
@@ -75,7 +76,7 @@ def test_timestep_window_trains_only_its_part_of_the_chain():
     policy = make_policy("tiny")
     trajectories = sample(policy, steps=4)
     steps, num_timesteps = trained_steps(4, 1.0, (0.5, 1.0))
-    batch = training_batches(trajectories, 2, num_timesteps, torch.Generator().manual_seed(1), steps)[0]
+    batch = training_batches(trajectories, 2, num_timesteps, RandomStream(1), steps)[0]
     assert set(batch.timesteps.flatten().tolist()) <= set(trajectories.timesteps[0, 2:].tolist())
     assert set(batch.timesteps[0].tolist()) == set(trajectories.timesteps[0, 2:].tolist())
 
@@ -100,7 +101,7 @@ def test_unknown_trajectory_dtype_is_one_clear_error(tmp_path):
     from tests.conftest import FAST, run_cli
 
     result = run_cli([*FAST, "perf.trajectory_dtype=int8", f"output_root={tmp_path}"], cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "perf.trajectory_dtype=int8 must be float32, bfloat16 or float16" in result.stderr
+    assert result.returncode == 2 and "perf.trajectory_dtype=int8 must be one of float32, bfloat16, float16" in result.stderr
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])

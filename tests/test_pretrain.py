@@ -41,7 +41,7 @@ def test_pretrain_saves_a_pipeline_that_model_toy_trains(tmp_path):
 
 def test_model_toy_without_its_pipeline_names_the_fix(tmp_path):
     result = run_cli([*FAST, "model=toy", f"model.path={tmp_path / 'nothing'}"], cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "train one with `python -m rlft.pretrain`" in result.stderr
+    assert result.returncode == 2 and "give the pipeline/ directory of a `python -m rlft.pretrain` run" in result.stderr
 
 
 def test_latent_noise_is_a_fixed_fraction_of_the_latents_spread():

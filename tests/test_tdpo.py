@@ -21,6 +21,7 @@ from rlft.algorithms.tdpo import (
 )
 from rlft.embedders import tiny_clip
 from rlft.errors import ConfigError
+from rlft.streams import RandomStream
 
 
 def test_returns_with_discount_and_step_terms():
@@ -144,7 +145,7 @@ def test_reset_touches_only_the_masked_neurons_and_their_moments():
     critic, optimizer = _trained_critic()
     before = {name: p.detach().clone() for name, p in critic.named_parameters()}
     masks = [torch.tensor([True, False, False]), torch.tensor([False, True])]
-    reset_neurons(critic, masks, optimizer, torch.Generator().manual_seed(1))
+    reset_neurons(critic, masks, optimizer, RandomStream(1))
     after = dict(critic.named_parameters())
     changed = {name: before[name] != after[name].detach() for name in before}
     # hidden 0, neuron 0: incoming row 0 and bias 0 of layer 0, outgoing column 0 of layer 1
@@ -173,7 +174,7 @@ def test_reset_touches_only_the_masked_neurons_and_their_moments():
     assert (untouched != 0).any()
     # the re-initialised weights have the construction std and repeat exactly for the same seed
     again, optimizer_again = _trained_critic()
-    reset_neurons(again, masks, optimizer_again, torch.Generator().manual_seed(1))
+    reset_neurons(again, masks, optimizer_again, RandomStream(1))
     for (_, a), (_, b) in zip(critic.named_parameters(), again.named_parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -182,6 +183,6 @@ def test_reset_draws_leave_the_global_rng_alone():
     critic, optimizer = _trained_critic()
     state = torch.get_rng_state()
     reset_neurons(
-        critic, [torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool)], optimizer, torch.Generator()
+        critic, [torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool)], optimizer, RandomStream(0)
     )
     assert torch.equal(state, torch.get_rng_state())
