@@ -75,26 +75,35 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, algorithm):
     assert metrics(run_dir, algorithm) == expected  # every epoch, before and after the kill, identical
 
 
-def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path):
-    first = tmp_path / "first"
+def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path, caplog):
+    """In-process (the command line's resume path is run above and in test_preemption.py)."""
+    from rlft.errors import ConfigError
+    from rlft.train import train
+    from tests.conftest import compose_config
+
     small = ["sample.num_steps=2", "sample.num_batches_per_epoch=1", "train.gradient_accumulation_steps=2"]
-    run_cli(["epochs=1", *small, f"output_root={first}"], cwd=tmp_path)
-    run_dir = only_run(first)
-    result = run_cli(["epochs=2", *small, f"output_root={first}", f"resume={run_dir}"], cwd=tmp_path)
-    assert "resuming" in result.stdout + result.stderr
+    run_dir = tmp_path / "first"
+    train(compose_config(["epochs=1", *small, f"output_root={tmp_path}"]), run_dir)
+    with caplog.at_level("INFO", logger="rlft"):
+        train(compose_config(["epochs=2", *small, f"output_root={tmp_path}", f"resume={run_dir}"]), tmp_path / "other")
+    assert "resuming" in caplog.text and not (tmp_path / "other").exists()  # continued in its own directory
     assert [row["epoch"] for row in metrics(run_dir)] == ["0", "1"]
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    run_cli(["epochs=3", *small, f"output_root={first}", f"resume={checkpoint}"], cwd=tmp_path)
+    train(compose_config(["epochs=3", *small, f"output_root={tmp_path}", f"resume={checkpoint}"]), tmp_path / "other")
     assert [row["epoch"] for row in metrics(run_dir)] == ["0", "1", "2"]
 
-    missing = run_cli(["epochs=1", f"output_root={tmp_path / 'x'}", "resume=/no/such.ckpt"], cwd=tmp_path, check=False)
-    assert missing.returncode == 2 and "resume=/no/such.ckpt: no checkpoint" in missing.stderr
+    with pytest.raises(ConfigError, match=r"resume=/no/such.ckpt: no checkpoint"):
+        train(compose_config(["epochs=1", f"output_root={tmp_path / 'x'}", "resume=/no/such.ckpt"]), tmp_path / "x")
 
 
-@pytest.mark.parametrize("resume", ["auto"])
-def test_resume_auto_without_runs_starts_fresh(tmp_path, resume):
-    result = run_cli(["epochs=1", "sample.num_steps=2", f"output_root={tmp_path}", f"resume={resume}"], cwd=tmp_path)
-    assert "starting a new run" in result.stdout + result.stderr
+def test_resume_auto_without_runs_starts_fresh(tmp_path, caplog):
+    from rlft.resume import find_resumption
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["epochs=1", f"output_root={tmp_path}", "resume=auto"])
+    with caplog.at_level("INFO", logger="rlft"):
+        assert find_resumption(cfg, tmp_path / "runs" / "new", search_output_root=True) is None
+    assert "starting a new run" in caplog.text
 
 
 SMALL = ["epochs=2", "sample.num_steps=2", "sample.num_batches_per_epoch=1", "train.gradient_accumulation_steps=2"]
