@@ -153,20 +153,11 @@ def tiny_parts():
 def save_offline_model(directory: Path, tiny: bool) -> tuple[Path, Path, dict[str, float]]:
     """Build the random-weight pipeline and critic encoder and save them under `directory`;
     returns (pipeline dir, encoder dir, millions of parameters per component)."""
-    from diffusers import StableDiffusionPipeline
+    from rlft.models import sd_pipeline
 
     components, tower = tiny_parts() if tiny else (sd15_components(), vit_l14_image_tower())
     pipeline_dir, encoder_dir = directory / "pipeline", directory / "image_encoder"
-    StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(pipeline_dir, safe_serialization=True)
+    sd_pipeline(components).save_pretrained(pipeline_dir, safe_serialization=True)
     tower.save_pretrained(encoder_dir, safe_serialization=True)
     sizes = {
         "unet": components.unet,

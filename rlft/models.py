@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from rlft.ddim import make_scheduler
@@ -29,6 +29,21 @@ class Components:
     scheduler: DDIMScheduler
     # Where the base weights come from: a hub id or directory, or None for a model built here.
     source: str | None = None
+
+
+def sd_pipeline(parts) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of `parts` (Components, or a Policy: anything with vae, text_encoder,
+    tokenizer, unet and scheduler), without the safety checker, for saving in diffusers' format."""
+    return StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=parts.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def _byte_unicode_alphabet() -> list[str]:

@@ -19,7 +19,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from rlft.ddim import ddim_step_with_logprob
-from rlft.models import Components
+from rlft.models import Components, sd_pipeline
 from rlft.streams import RandomStream
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -176,16 +176,7 @@ class Policy(nn.Module):
 
     # -- export -----------------------------------------------------------------------------
     def pipeline(self) -> StableDiffusionPipeline:
-        return StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return sd_pipeline(self)
 
     def export(self, directory: str | Path) -> Path:
         """Write the trained weights in diffusers' format; returns the directory.
