@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shlex
@@ -9,6 +10,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rlft.config import CONFIG_DIR
@@ -37,13 +39,18 @@ def main(cfg: DictConfig) -> float | None:
         exit_with(error)  # (HYDRA_FULL_ERROR=1: the traceback instead)
     except MisconfigurationException as error:  # a Lightning setting rlft did not check itself
         exit_with(error)
+    if HydraConfig.get().mode == RunMode.RUN:
+        # The run is over and the process ends next: keep the interpreter's last garbage collection
+        # from walking every object of the libraries loaded (1.5-5 s measured on 2 cores). Not in a
+        # multirun, whose later jobs run in this process and must be able to free this one's.
+        gc.freeze()
     # Returned to Hydra's sweepers (e.g. optuna) as the job's objective.
     return metrics.get("reward_mean")
 
 
 def exit_now(code: int) -> None:
     """Exit within the preemption's grace period. The interpreter's own shutdown spends seconds
-    collecting the garbage of the libraries loaded (measured: 4.8 s on 2 cores); nothing left is
+    collecting the garbage of the libraries loaded (measured: 4.8 s on 2 busy cores); nothing left is
     worth that once Lightning has torn the run down and finalized its loggers, except a wandb run,
     which is finished first so that its last epoch's data is sent."""
     wandb = sys.modules.get("wandb")
