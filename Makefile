@@ -10,7 +10,7 @@ ARGS ?=
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-# The TPU environment (torch-xla 2.9 is built for torch 2.9 and cannot share .venv; DESIGN.md).
+# The TPU environment (torch-xla 2.9 is built for torch 2.9 and cannot share .venv; docs/environment.md#torch-xla-in-its-own-environment).
 XLA_VERSION ?= 2.9.0
 XLA_VENV ?= .venv-xla
 XLA_PY := $(XLA_VENV)/bin/python

@@ -1,7 +1,7 @@
 """The DDIM transition as a Gaussian policy: one denoising step and its log-probability.
 
 diffusers' DDIMScheduler.step samples x_{t-1} but does not return log pi(x_{t-1} | x_t), and it
-clamps nothing we need, so the step is written here (ALGORITHMS.md §1). The scheduler still
+clamps nothing we need, so the step is written here (docs/algorithms.md#ddim-transition-kernel). The scheduler still
 supplies the noise schedule and the sampler timesteps.
 """
 

@@ -1,4 +1,5 @@
-"""Frozen image encoders: images to L2-normalized embeddings (TDPO's critic input, ALGORITHMS.md §5.1).
+"""Frozen image encoders: images to L2-normalized embeddings (TDPO's critic input,
+docs/algorithms.md#critic-inputs).
 
 `tiny_clip` builds a small CLIP vision tower offline with random weights (for the tiny models);
 `pretrained_clip` loads the vision tower and projection of any CLIP checkpoint (OpenAI ViT-L/14,

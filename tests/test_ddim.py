@@ -1,4 +1,5 @@
-"""The DDIM step's log-probability against closed forms and ALGORITHMS.md §1's reference table."""
+"""The DDIM step's log-probability against closed forms and the table of
+docs/algorithms.md#reference-values."""
 
 import math
 
@@ -94,7 +95,8 @@ def test_sampled_action_rescored_identically(scheduler):
 
 
 def test_half_precision_action_is_scored_as_stored(scheduler):
-    """The behaviour log-prob is computed on the fp16-rounded action that is stored (§1 pitfall)."""
+    """The behaviour log-prob is computed on the fp16-rounded action that is stored
+    (docs/algorithms.md#importance-ratio-before-the-first-update)."""
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(4, 4, 8, 8).half()
     eps = torch.randn(4, 4, 8, 8).half()

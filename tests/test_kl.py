@@ -1,4 +1,5 @@
-"""KL regularization (ALGORITHMS.md §5.6): the six penalties, the controllers, the reference policy."""
+"""KL regularization (docs/algorithms.md#kl-regularization): the six penalties,
+the controllers, the reference policy."""
 
 import math
 

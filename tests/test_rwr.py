@@ -1,4 +1,4 @@
-"""RWR weights, sparse filtering and the weighted denoising loss (ALGORITHMS.md §4)."""
+"""RWR weights, sparse filtering and the weighted denoising loss (docs/algorithms.md#rwr-and-rwr-sparse)."""
 
 import math
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Per-prompt advantage normalization (ALGORITHMS.md §3.1) and DDPO's advantage rule."""
+"""Per-prompt advantage normalization (docs/algorithms.md#per-prompt-stat-tracking) and DDPO's advantage rule."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""TDPO / TDPO-R maths (ALGORITHMS.md §5): returns, temporal advantages, losses, running moments,
+"""TDPO / TDPO-R maths (docs/algorithms.md#tdpo-and-tdpo-r): returns, temporal advantages, losses, running moments,
 dormant-neuron scores and resets."""
 
 import math

@@ -1,4 +1,4 @@
-"""TDPO's temporal critic (ALGORITHMS.md §5.2): a linear MLP on image embeddings of the states."""
+"""TDPO's temporal critic (docs/algorithms.md#the-critic): a linear MLP on image embeddings of the states."""
 
 from __future__ import annotations
 

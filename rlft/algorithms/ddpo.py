@@ -1,4 +1,4 @@
-"""DDPO (ALGORITHMS.md §3): the PPO-clipped importance-sampling estimator, and its
+"""DDPO (docs/algorithms.md#ddpo): the PPO-clipped importance-sampling estimator, and its
 score-function special case."""
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class DDPO(Algorithm):
 
     def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         """Inner epochs; for each shuffled minibatch, for each of its K timestep columns: forward,
-        loss, backward; an optimizer step after every `accumulation` minibatches (§3.3)."""
+        loss, backward; an optimizer step after every `accumulation` minibatches
+        (docs/algorithms.md#ddpo-update-schedule)."""
         t, s = learner.cfg.train, learner.cfg.sample
         steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
         num_minibatches = len(trajectories) // t.batch_size

@@ -1,4 +1,4 @@
-"""KL regularization towards the base model (ALGORITHMS.md §5.6).
+"""KL regularization towards the base model (docs/algorithms.md#kl-regularization).
 
 During sampling the frozen reference policy scores the same sampled actions; each step's
 log-ratio delta = log pi_theta - log pi_ref becomes a penalty that is subtracted from the reward

@@ -1,4 +1,4 @@
-"""Dormant-neuron scores and neuron resets for TDPO-R's critic (ALGORITHMS.md §5.7).
+"""Dormant-neuron scores and neuron resets for TDPO-R's critic (docs/algorithms.md#neuron-reset-tdpo-r).
 
 Written by hand: no maintained library implements ReDo-style scoring and resets for torch
 models together with the matching AdamW moment resets.

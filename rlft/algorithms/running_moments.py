@@ -1,4 +1,5 @@
-"""Global running mean and standard deviation of rewards (ALGORITHMS.md §5.8).
+"""Global running mean and standard deviation of rewards
+(docs/algorithms.md#reward-preprocessing-and-running-moments).
 
 Chan et al.'s parallel update merges each batch into the running moments; the standard deviation
 is the unbiased one of everything seen so far.

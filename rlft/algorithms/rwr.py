@@ -1,4 +1,4 @@
-"""Reward-weighted regression and filter-and-finetune (ALGORITHMS.md §4).
+"""Reward-weighted regression and filter-and-finetune (docs/algorithms.md#rwr-and-rwr-sparse).
 
 Generation is treated as a one-step bandit: the policy is fine-tuned with the ordinary denoising
 loss on its own sampled final latents, each sample weighted by exp(beta * r) (RWR) or kept only
@@ -65,8 +65,8 @@ def weighted_denoising_loss(
 ) -> torch.Tensor:
     """sum_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 / normalizer (by default the batch size: the
     mean over the batch) with t ~ U{0..999} (or `timesteps_from`) and the DDPM forward process
-    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (§4.4); eps_hat is the guided prediction. For a
-    v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
+    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (docs/algorithms.md#the-weighted-denoising-loss); eps_hat is
+    the guided prediction. For a v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
     scheduler = learner.policy.scheduler
     batch = latents.shape[0]
     drawn = range(scheduler.config.num_train_timesteps) if timesteps_from is None else timesteps_from
@@ -80,7 +80,8 @@ def weighted_denoising_loss(
 
 
 class RewardWeightedRegression(Algorithm):
-    """RWR: exponentiated-reward weights; `temperature` is the inverse temperature beta (§4.4)."""
+    """RWR: exponentiated-reward weights; `temperature` is the inverse temperature beta
+    (docs/algorithms.md#rwr-weights)."""
 
     def __init__(self, temperature: float = 0.2, per_prompt_weights: bool = False):
         self.beta = temperature

@@ -1,8 +1,9 @@
-"""Per-prompt reward normalization (ALGORITHMS.md §3.1).
+"""Per-prompt reward normalization (docs/algorithms.md#per-prompt-stat-tracking).
 
 Each prompt keeps a FIFO buffer of its latest rewards. A prompt with fewer than `min_count`
 buffered rewards is normalized with the whole batch's statistics instead. TDPO's per-prompt
-running moments (§5.8) are the same object, in "norm" or "scaling" mode.
+running moments (docs/algorithms.md#reward-preprocessing-and-running-moments) are the same
+object, in "norm" or "scaling" mode.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TDPO and TDPO-R (ALGORITHMS.md §5): clipped policy gradient with per-timestep advantages from a
+"""TDPO and TDPO-R (docs/algorithms.md#tdpo-and-tdpo-r): clipped policy gradient with per-timestep advantages from a
 temporal critic on image embeddings of the decoded intermediate states; TDPO-R also resets the
 critic's neurons periodically (primacy-bias mitigation)."""
 
@@ -177,8 +177,8 @@ class TDPO(Algorithm):
 
     # -- optimization ---------------------------------------------------------------------------
     def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
-        """Timestep-outer, minibatch-inner (§5.5): for each column j, every minibatch takes one
-        micro-step of policy + critic loss; both optimizers step every GA micro-steps."""
+        """Timestep-outer, minibatch-inner (docs/algorithms.md#tdpo-update-schedule): for each column j,
+        every minibatch takes one micro-step of policy + critic loss; both optimizers step every GA micro-steps."""
         t, s = learner.cfg.train, learner.cfg.sample
         steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
         accumulation = t.gradient_accumulation_steps

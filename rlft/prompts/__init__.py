@@ -1,4 +1,4 @@
-"""Prompt distributions (ALGORITHMS.md §6): each source draws (prompt, metadata) uniformly.
+"""Prompt distributions (docs/algorithms.md#prompt-distributions): each source draws (prompt, metadata) uniformly.
 
 Sources take an explicit `random.Random` so that every rank draws its own, reproducible stream
 and the stream's state can be checkpointed.

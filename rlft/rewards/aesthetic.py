@@ -1,5 +1,5 @@
-"""LAION aesthetic predictor v2 (ALGORITHMS.md §7.2): a linear head on normalized CLIP ViT-L/14
-image embeddings, about 1-10."""
+"""LAION aesthetic predictor v2 (docs/algorithms.md#laion-aesthetic-predictor): a linear head on
+normalized CLIP ViT-L/14 image embeddings, about 1-10."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ class Reward:
     """Scores images. Subclasses implement `score_uint8` or `score`.
 
     `background = True` declares that scoring runs no torch ops (pure numpy/PIL/HTTP), so it can run
-    in a worker thread without starting a second OpenMP pool that slows the sampler (DESIGN.md).
+    in a worker thread without starting a second OpenMP pool that slows the sampler
+    (docs/environment.md#openmp-thread-pools).
     """
 
     name: str = "reward"

@@ -1,4 +1,4 @@
-"""HPSv2 (ALGORITHMS.md §7.5): an OpenCLIP ViT-H-14 fine-tuned on human preferences, rebuilt on
+"""HPSv2 (docs/algorithms.md#hpsv2): an OpenCLIP ViT-H-14 fine-tuned on human preferences, rebuilt on
 transformers' CLIPModel and loaded from the official open_clip-layout checkpoints."""
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class HPSv2(LearnedReward):
 
 
 def hpsv2_image_tower(version: str = "2.0", checkpoint: str | None = None) -> ImageEmbedder:
-    """HPSv2's image tower as TDPO's critic encoder (normalized 1024-d embeddings, §5.1)."""
+    """HPSv2's image tower as TDPO's critic encoder (normalized 1024-d embeddings,
+    docs/algorithms.md#critic-inputs)."""
     reward = HPSv2(version=version, checkpoint=checkpoint, device="cpu")
     return ImageEmbedder.from_clip_model(reward.towers.model)

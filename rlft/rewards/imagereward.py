@@ -1,8 +1,9 @@
-"""ImageReward (ALGORITHMS.md §7.6): BLIP ViT-L image tokens, cross-attended by BLIP's BERT text
+"""ImageReward (docs/algorithms.md#imagereward): BLIP ViT-L image tokens, cross-attended by BLIP's BERT text
 encoder on the prompt; the [CLS] state through a linear head; standardized as the official API.
 
 Rebuilt on transformers' BLIP modules (the `image-reward` package cannot be installed here,
-DESIGN.md) and loaded from the official ImageReward.pt, whose keys use BLIP's original names.
+docs/environment.md#reward-packages-that-cannot-be-dependencies) and loaded from the official
+ImageReward.pt, whose keys use BLIP's original names.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""JPEG (in)compressibility (ALGORITHMS.md §7.1): the size of the image's JPEG at quality 95."""
+"""JPEG (in)compressibility (docs/algorithms.md#jpeg-compressibility-and-incompressibility): the size of
+the image's JPEG at quality 95."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLaVA-based rewards (ALGORITHMS.md §7.3): captions scored with BERTScore recall against
+"""LLaVA-based rewards (docs/algorithms.md#llava-and-bertscore): captions scored with BERTScore recall against
 "The image contains <prompt>" (DDPO's prompt-image alignment), and VQA substring accuracy.
 
 They are heavy (a 7-13B LLaVA and a 0.75B DeBERTa): run them on their own GPU with

@@ -1,7 +1,8 @@
 """open_clip state dicts (the layout of the HPSv2 checkpoints) to transformers' CLIPModel.
 
 Written by hand: the checkpoints ship in open_clip's layout, and open_clip cannot be installed here
-(it needs torchvision, DESIGN.md). The mapping is mechanical: fused attention projections are split
+(it needs torchvision, docs/environment.md#no-torchvision). The mapping is mechanical:
+fused attention projections are split
 into q/k/v, and the two projection matrices are transposed (open_clip multiplies x @ P, a Linear
 computes x @ W.T).
 """

@@ -1,4 +1,4 @@
-"""PickScore (ALGORITHMS.md §7.4): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences."""
+"""PickScore (docs/algorithms.md#pickscore): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The TPU code path, run by torch-xla on its CPU backend (PJRT_DEVICE=CPU): `make test-xla`.
 
-Skipped in the default environment (torch 2.13 cannot load torch-xla 2.9; DESIGN.md).
+Skipped in the default environment (torch 2.13 cannot load torch-xla 2.9;
+docs/environment.md#torch-xla-in-its-own-environment).
 """
 
 import csv
