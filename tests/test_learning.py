@@ -58,9 +58,9 @@ def test_rwr_raises_brightness(tmp_path, algorithm):
 # The toy world: the reward is the accuracy itself, read exactly from the pixels. Each runs the toy
 # demo (64 samples of 5 steps without guidance in groups of 4 per prompt; its first two steps
 # trained, LoRA on the cross-attention) rewarded on colour alone, 30 epochs at lr 2e-3.
-TOY = ["experiment=toy_demo", "reward=toy_color", "eval_rewards=[]", "epochs=30", "train.learning_rate=2e-3"]
+TOY = ["~experiment", "reward=toy_color", "eval_rewards=[]", "epochs=30", "train.learning_rate=2e-3"]
 TOY_CASES = {
-    "ddpo": [],  # toy_demo's algorithm=ddpo_groups
+    "ddpo": [],  # model=toy brings algorithm=ddpo_groups
     "ddpo_sf": ["algorithm=ddpo_sf", "algorithm.stat_min_count=4"],
     "tdpo": ["algorithm=tdpo", "algorithm.stat_min_count=4"],
     "tdpo_r": ["algorithm=tdpo_r_groups"],

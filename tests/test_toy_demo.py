@@ -1,5 +1,5 @@
-"""experiment=toy_demo: DDPO on the shipped toy model with the exact alignment reward, and its
-before/after showcase of fixed prompts and seeds."""
+"""The default run (`python -m rlft`, no experiment): DDPO on the shipped toy model with the exact
+alignment reward, and its before/after showcase of fixed prompts and seeds."""
 
 import csv
 import json
@@ -25,8 +25,8 @@ def test_the_shipped_toy_pipeline_loads_in_float32():
     assert components.unet.config.sample_size * 4 == components.vae.config.sample_size == 32
 
 
-def test_toy_demo_composes_the_toy_world():
-    cfg = compose_config(["experiment=toy_demo"])
+def test_the_default_run_composes_the_toy_world():
+    cfg = compose_config(["~experiment"])
     assert cfg.model.components._target_ == "rlft.toy.model.load_toy"
     assert cfg.reward._target_ == "rlft.toy.rewards.ToyReward" and cfg.reward.aspect == "alignment"
     assert cfg.prompt._target_ == "rlft.toy.prompts.ToyPrompts"
@@ -34,7 +34,7 @@ def test_toy_demo_composes_the_toy_world():
 
 
 def test_showcase_saves_the_same_prompts_before_and_after_and_leaves_training_alone(tmp_path):
-    common = ["experiment=toy_demo", *SMALL, "showcase.grid=6", "showcase.batch_size=4"]
+    common = ["~experiment", *SMALL, "showcase.grid=6", "showcase.batch_size=4"]
     run_cli([*common, "showcase.samples=6", f"output_root={tmp_path / 'with'}"], cwd=tmp_path)
     run_cli([*common, "showcase.samples=0", f"output_root={tmp_path / 'without'}"], cwd=tmp_path)
     (run,) = (tmp_path / "with" / "runs").iterdir()
