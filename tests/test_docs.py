@@ -1,7 +1,8 @@
 """Every reference to a markdown file of the repository resolves.
 
 A reference is a path ending in .md, optionally followed by #anchor, anywhere in a tracked text
-file (relative to the repository root, or to the referencing file's folder), and in markdown files also
+file (relative to the repository root, or to the referencing file's folder; a bare file name, as in
+`ROOT / "docs" / name`, may be any file of that name), and in markdown files also
 a link `[text](target)`, relative to the file's folder (`[text](#anchor)`: the same file). It is
 dead when the file does not exist or when no heading of it produces the anchor, by GitHub's rule
 (lowercase; punctuation dropped; spaces to '-'; a repeated heading gets -1, -2, ...). The two spec
@@ -64,6 +65,9 @@ def anchors(text: str) -> set[str]:
 def dead_references(root: Path, files: list[str]) -> list[str]:
     """'file:line: problem' for every dead reference in `files` (paths relative to `root`)."""
     problems: list[str] = []
+    by_name: dict[str, list[Path]] = {}
+    for name in files:
+        by_name.setdefault(Path(name).name, []).append(root / name)
 
     @cache
     def anchors_of(path: Path) -> set[str]:
@@ -106,10 +110,12 @@ def dead_references(root: Path, files: list[str]) -> list[str]:
                     base = root if file_part.startswith("/") else folder
                     check(name, number, file_part.lstrip("/"), anchor or None, [base])
             for match in REFERENCE.finditer(line):
-                if match.start(1) in linked or FORBIDDEN.fullmatch(Path(match.group(1)).name):
+                target = match.group(1)
+                if match.start(1) in linked or FORBIDDEN.fullmatch(Path(target).name):
                     continue
                 anchor = match.group(2)[1:] if match.group(2) else None
-                check(name, number, match.group(1), anchor, [root, folder])
+                elsewhere = [] if "/" in target else [p.parent for p in by_name.get(target, [])]
+                check(name, number, target, anchor, [root, folder, *elsewhere])
     return problems
 
 
@@ -153,6 +159,7 @@ def test_the_checker_finds_each_kind_of_dead_reference(tmp_path):
         f'"""docs/maths{MD}#some-section and docs/maths{MD}, fine."""\n'
         f"# docs/maths{MD}#no-such-section\n"
         f"# docs/gone{MD}\n"
+        f'GUIDE = ROOT / "docs" / "maths{MD}"  # a bare name: any file of that name; but not "gone{MD}"\n'
         f"# see {'ALGORITHMS'}{MD} \u00a73.4\n"
     )
     files = ["code.py", f"docs/maths{MD}", f"docs/other{MD}"]
@@ -160,8 +167,9 @@ def test_the_checker_finds_each_kind_of_dead_reference(tmp_path):
     assert problems == [
         f"code.py:2: docs/maths{MD}#no-such-section: no heading of docs/maths{MD} makes it",
         f"code.py:3: docs/gone{MD} does not exist",
-        f"code.py:4: ALGORITHMS{MD} is not in the repository; cite docs/ instead",
-        "code.py:4: a section-number citation; cite a docs/ file and heading anchor",
+        f"code.py:4: gone{MD} does not exist",
+        f"code.py:5: ALGORITHMS{MD} is not in the repository; cite docs/ instead",
+        "code.py:5: a section-number citation; cite a docs/ file and heading anchor",
         f"docs/other{MD}:1: maths{MD}#no-such-section: no heading of docs/maths{MD} makes it",
         f"docs/other{MD}:2: absent.png does not exist",
         f"docs/other{MD}:2: docs/other{MD}#nothing-here: no heading of docs/other{MD} makes it",
