@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -14,8 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from rlft.algorithms import Algorithm
-from rlft.algorithms.base import EpochSamples
-from rlft.images import log_images, save_image_grid
+from rlft.algorithms.base import AFTER_UPDATE_METRICS, EpochSamples
+from rlft.images import image_records, log_images, save_epoch_images
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import LearnedReward, Reward, RewardRunner
@@ -260,20 +261,21 @@ class RLModule(pl.LightningModule):
         # Logged as host tensors, already reduced: on XLA, device scalars built from Python floats
         # would make Lightning's epoch reduction a new graph (a compilation) every epoch.
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=False, on_epoch=True)
-        self.history.append({"epoch": epoch, **metrics})
+        # (unmeasured diagnostics are NaN in the loggers, a stable column, but absent from the
+        # history, so that final_metrics.json stays strict JSON)
+        measured = {k: v for k, v in metrics.items() if not (k in AFTER_UPDATE_METRICS and math.isnan(v))}
+        self.history.append({"epoch": epoch, **measured})
         if self.trainer.is_global_zero:
-            print(
-                f"epoch {epoch}: reward_mean={metrics['reward_mean']:.4f} reward_std={metrics['reward_std']:.4f} "
-                f"approx_kl={stats.get('approx_kl', 0.0):.2e} "
-                f"clipfrac={stats.get('clipfrac', stats.get('pg_clipfrac', 0.0)):.3f} "
-                f"sampling={timings['sampling_s']:.1f}s training={timings['training_s']:.1f}s",
-                flush=True,
-            )
+            print(console_line(epoch, measured, self.algorithm.console_metrics), flush=True)
             count = min(len(trajectories), self.cfg.sample.num_images_logged)
             if count:
-                images, captions = trajectories.images[:count], trajectories.prompts[:count]
-                save_image_grid(images, captions, self.run_dir / "images" / f"epoch_{epoch:04d}.png")
-                log_images(self.loggers, images, captions, step=self.global_step)
+                records = image_records(
+                    trajectories.prompts[:count],
+                    trajectories.rewards[:count].float().cpu().tolist(),
+                    {name: v[:count].float().cpu().tolist() for name, v in trajectories.eval_rewards.items()},
+                )
+                captions = save_epoch_images(trajectories.images[:count], records, epoch, self.run_dir / "images")
+                log_images(self.loggers, trajectories.images[:count], captions, step=self.global_step)
 
     # -- collectives ----------------------------------------------------------------------------
     def gather(self, values: torch.Tensor) -> torch.Tensor:
@@ -332,6 +334,21 @@ class RLModule(pl.LightningModule):
         kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(state["rng"]["torch"])
+
+
+def console_line(epoch: int, metrics: dict[str, float], shown: tuple[str, ...] = ()) -> str:
+    """The epoch's line on the console: rewards, the optimizer steps taken, the algorithm's `shown`
+    metrics that were measured (policy-ratio diagnostics are absent from an epoch of one optimizer
+    step, where they would read 0 by construction), and the times."""
+    parts = [f"epoch {epoch}:", f"reward_mean={metrics['reward_mean']:.4f}", f"reward_std={metrics['reward_std']:.4f}"]
+    if "optimizer_steps" in metrics:
+        parts.append(f"steps={metrics['optimizer_steps']:.0f}")
+    for key in shown:
+        if key in metrics:
+            form = ".2e" if key == "approx_kl" else ".3f" if "frac" in key else ".4g"
+            parts.append(f"{key}={metrics[key]:{form}}")
+    parts.append(f"sampling={metrics['sampling_s']:.1f}s training={metrics['training_s']:.1f}s")
+    return " ".join(parts)
 
 
 def _numpy_state() -> tuple:

@@ -168,8 +168,41 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
             # One wandb run per rlft run directory: a resumed run continues the same wandb run.
             run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
             kwargs.update(id=run_id, resume="allow")
+            if node.get("group") is None:
+                kwargs["group"] = multirun_group()  # the jobs of one sweep side by side in wandb
         loggers.append(build(node, **kwargs))
     return loggers
+
+
+def multirun_group() -> str | None:
+    """The name of the sweep directory when this is a job of a Hydra multirun, else None.
+
+    Taken from the job's own output directory (sweep.dir/subdir, resolved by Hydra for the job), not
+    by resolving hydra.sweep.dir again: its ${now:...} could read another second in a job that a
+    launcher runs in another process."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_cfg = HydraConfig.get()
+    depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
+    return Path(hydra_cfg.runtime.output_dir).parents[depth - 1].name
+
+
+def record_config(cfg: DictConfig, run_dir: Path, loggers: list) -> None:
+    """config.yaml in the run directory now, at the start (a run killed later keeps it; written
+    whole or not at all), and the resolved config as every logger's hyperparameters: wandb's config
+    panel (nested keys), TensorBoard's HPARAMS tab (flattened, train/learning_rate), the CSV
+    logger's hparams.yaml."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.yaml.tmp"
+    OmegaConf.save(cfg, tmp)
+    os.replace(tmp, run_dir / "config.yaml")
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        logger.save()  # hparams.yaml and the event file on disk now, not when the run ends
 
 
 def build_strategy(hw: DictConfig):
@@ -267,6 +300,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         default_root_dir=str(run_dir),
         plugins=cluster_plugins(),
     )  # before the model is built: hardware that is not there fails in seconds, not after loading it
+    if trainer.is_global_zero:
+        record_config(cfg, run_dir, loggers)
     module = build_module(cfg, run_dir)
     if resumption is not None and trainer.is_global_zero:
         first_epoch = resumption.finished_epochs
@@ -281,7 +316,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if trainer.is_global_zero:
         export_dir = module.policy.export(run_dir / "export")
         log.info("exported the trained weights to %s", export_dir)
-        OmegaConf.save(cfg, run_dir / "config.yaml")
         # the run's result, for launchers that run it in other processes (launchers/)
         final = module.history[-1] if module.history else {}
         (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))

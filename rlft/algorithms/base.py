@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +61,8 @@ class Algorithm:
 
     #: whether sampling must also score each action under the frozen reference policy (KL)
     needs_reference: bool = False
+    #: the metrics of `optimize` that the epoch's console line shows, when the epoch measured them
+    console_metrics: tuple[str, ...] = ("loss",)
 
     def advantages(self, samples: EpochSamples) -> Targets:
         raise NotImplementedError
@@ -93,15 +96,35 @@ class Algorithm:
         pass
 
 
+# The policy-ratio diagnostics of a PPO-style loss: on a micro-step before the epoch's first
+# optimizer step the policy is still the one that sampled, so the ratio is 1 and these read 1 / 0
+# by construction (not as a measurement). They are averaged over the later micro-steps only.
+AFTER_UPDATE_METRICS = frozenset({"ratio", "approx_kl", "clipfrac", "pg_clipfrac"})
+
+
 class MetricMeans:
-    """Collects per-micro-step metrics and averages them at the end of the epoch."""
+    """Collects per-micro-step metrics and averages them at the end of the epoch, with the epoch's
+    number of optimizer steps (`optimizer_steps`; an algorithm calls `stepped()` after each).
+
+    AFTER_UPDATE_METRICS count only from micro-steps after the epoch's first optimizer step, and
+    are NaN for an epoch that has none (e.g. one optimizer step per epoch): unmeasured, not 0."""
 
     def __init__(self):
         self.values: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.unmeasured: set[str] = set()
+        self.steps = 0
 
     def add(self, **metrics: torch.Tensor) -> None:
         for key, value in metrics.items():
+            if key in AFTER_UPDATE_METRICS and self.steps == 0:
+                self.unmeasured.add(key)
+                continue
             self.values[key].append(torch.as_tensor(value).detach())
 
+    def stepped(self) -> None:
+        """The learner's optimizer just stepped."""
+        self.steps += 1
+
     def means(self) -> dict[str, float]:
-        return {key: torch.stack(values).float().mean().item() for key, values in self.values.items()}
+        means = {key: torch.stack(values).float().mean().item() for key, values in self.values.items()}
+        return {**dict.fromkeys(self.unmeasured, math.nan), **means, "optimizer_steps": float(self.steps)}

@@ -52,6 +52,8 @@ def score_function_loss(
 class DDPO(Algorithm):
     """DDPO_IS: several clipped updates per round of sampling (the reference code's algorithm)."""
 
+    console_metrics = ("approx_kl", "clipfrac")
+
     def __init__(
         self,
         clip_range: float = 1e-4,
@@ -115,6 +117,7 @@ class DDPO(Algorithm):
                     bar.update()
                 if (index + 1) % accumulation == 0:
                     learner.optimizer_step()
+                    metrics.stepped()
         bar.close()
         return metrics.means()
 
@@ -134,6 +137,8 @@ class DDPO(Algorithm):
 class DDPOScoreFunction(DDPO):
     """DDPO_SF: the score-function estimator, fully on-policy: one optimizer step per epoch over
     every (sample, timestep) of the epoch, whatever train.gradient_accumulation_steps says."""
+
+    console_metrics = ()  # one step per epoch: the ratio diagnostics are never measured
 
     def loss(self, log_prob, old_log_prob, advantages):
         return score_function_loss(log_prob, old_log_prob, advantages)

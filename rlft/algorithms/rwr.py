@@ -139,6 +139,7 @@ class RewardWeightedRegression(Algorithm):
                 bar.update()
                 if steps_after:
                     learner.optimizer_step()
+                    metrics.stepped()
         bar.close()
         return {**metrics.means(), "weight_max": weights.max().item(), "kept_fraction": len(kept) / len(weights)}
 

@@ -69,6 +69,8 @@ def clipped_value_loss(
 
 
 class TDPO(Algorithm):
+    console_metrics = ("approx_kl", "pg_clipfrac", "cf_loss")
+
     def __init__(
         self,
         embedder: ImageEmbedder,
@@ -204,6 +206,7 @@ class TDPO(Algorithm):
                     micro_steps += 1
                     if micro_steps % accumulation == 0:
                         learner.optimizer_step()
+                        metrics.stepped()
             probe = torch.cat([b.state_features[:, -1] for b in batches])[: s.batch_size]
         bar.close()
         self.critic.eval()
