@@ -20,6 +20,7 @@ from rlft.errors import ConfigError
 from rlft.module import RLModule
 from rlft.policy import Policy
 from rlft.preemption import StopOnSigterm, cluster_plugins
+from rlft.report import ReportCallback, refresh_report
 from rlft.resume import Resumption, find_resumption, resumption_at, trim_metrics
 from rlft.validation import HARDWARE_HINT, check_config
 
@@ -295,7 +296,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     trainer = build_trainer(
         cfg,
         logger=loggers,
-        callbacks=[checkpoints, StopOnSigterm(run_dir)],
+        callbacks=[checkpoints, StopOnSigterm(run_dir), ReportCallback()],
         log_every_n_steps=1,
         default_root_dir=str(run_dir),
         plugins=cluster_plugins(),
@@ -321,6 +322,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))
         if module.showcase_results:
             (run_dir / "showcase.json").write_text(json.dumps(module.showcase_results, indent=1))
+        refresh_report(module)  # report.html, now with the after showcase and the last epoch
     finish_wandb_run(loggers)
     return module.history[-1] if module.history else {}
 
