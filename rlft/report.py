@@ -421,6 +421,7 @@ def __getattr__(name: str):
             if trainer.is_global_zero:
                 refresh_report(pl_module)
 
+    ReportCallback.__qualname__ = name  # its repr, as if defined at module level
     globals()[name] = ReportCallback
     return ReportCallback
 
