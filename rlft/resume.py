@@ -41,22 +41,23 @@ class Resumption:
     run_dir: Path  # the directory of the run it continues
 
 
-def read_checkpoint(path: Path, label: str | None = None) -> dict:
+RESUME_FIX = "give the last.ckpt of an rlft run directory (or the directory itself), or resume=null for a new run"
+
+
+def read_checkpoint(path: Path, label: str | None = None, fix: str = RESUME_FIX) -> dict:
     """The checkpoint's epoch and rlft state, or a ConfigError that starts with `label` (by default
-    `resume=<path>`) and says what is wrong. Memory-mapped: the weights are not read here."""
+    `resume=<path>`), says what is wrong and ends with `fix`. Memory-mapped: the weights are not read here."""
     label = label or f"resume={path}"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         reason = str(error).splitlines()[0][:160]
         raise ConfigError(
-            f"{label}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); give the "
-            "last.ckpt of an rlft run directory (or the directory itself), or resume=null for a new run"
+            f"{label}: cannot be read as a checkpoint ({type(error).__name__}: {reason}); {fix}"
         ) from None
     if not isinstance(checkpoint, dict) or "epoch" not in checkpoint or "config" not in checkpoint.get("rlft", {}):
         raise ConfigError(
-            f"{label}: a torch file but not an rlft checkpoint (it has no epoch or rlft config); give the "
-            "last.ckpt of an rlft run directory (or the directory itself), or resume=null for a new run"
+            f"{label}: a torch file but not an rlft checkpoint (it has no epoch or rlft config); {fix}"
         )
     return checkpoint
 
@@ -89,7 +90,7 @@ def _checked(path: Path, cfg: DictConfig, label: str) -> Resumption:
             f"{label}: the checkpoint is of another run (checkpoint -> this command: {shown}). Run with the checkpoint's settings to "
             "continue it, or start a new run in another directory (hydra.run.dir=..., resume=null)"
         )
-    run = Resumption(path, int(checkpoint["epoch"]) + 1, _run_dir_of(path))
+    run = Resumption(path, int(checkpoint["epoch"]) + 1, run_dir_of(path))
     if run.finished_epochs >= cfg.epochs:
         raise RunFinished(
             f"the run in {run.run_dir} has already finished its {run.finished_epochs} epochs ({path}); nothing to "
@@ -101,10 +102,11 @@ def _checked(path: Path, cfg: DictConfig, label: str) -> Resumption:
 
 def resumption_at(path: Path) -> Resumption:
     """The resumption of the checkpoint at `path`, unchecked (rank 0 checked it)."""
-    return Resumption(path, int(read_checkpoint(path)["epoch"]) + 1, _run_dir_of(path))
+    return Resumption(path, int(read_checkpoint(path)["epoch"]) + 1, run_dir_of(path))
 
 
-def _run_dir_of(checkpoint: Path) -> Path:
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory of a checkpoint (the parent of its checkpoints/ folder)."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
@@ -126,7 +128,7 @@ def _search(output_root: Path, cfg: DictConfig, exclude: Path) -> Resumption | N
             continue
         if skipped:
             log.info("resume=auto: passed over %d newer runs under %s (finished, or other settings)", skipped, output_root)
-        return Resumption(path, finished, _run_dir_of(path))
+        return Resumption(path, finished, run_dir_of(path))
     if candidates:
         log.info("resume=auto: none of the %d runs under %s is unfinished with these settings", skipped, output_root)
     return None

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.config import build, load_option
 from rlft.errors import ConfigError
+from rlft.export import RunRecord, export_run
 from rlft.module import RLModule
 from rlft.policy import Policy
 from rlft.preemption import StopOnSigterm, cluster_plugins
@@ -315,8 +316,15 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     finally:
         os.environ.pop(RESUME_ENV, None)
     if trainer.is_global_zero:
-        export_dir = module.policy.export(run_dir / "export")
-        log.info("exported the trained weights to %s", export_dir)
+        record = RunRecord(
+            config=OmegaConf.to_container(cfg, resolve=True),
+            epochs_trained=int(module.history[-1]["epoch"]) + 1 if module.history else 0,
+            history=module.history,
+            showcase=module.showcase_results,
+            run_dir=run_dir,
+        )
+        export_dir = export_run(module.policy, record, run_dir / "export")  # the same as `python -m rlft.export`
+        log.info("exported the trained weights and their model card to %s", export_dir)
         # the run's result, for launchers that run it in other processes (launchers/)
         final = module.history[-1] if module.history else {}
         (run_dir / "final_metrics.json").write_text(json.dumps(final, indent=1))

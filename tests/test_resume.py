@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -73,6 +74,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, algorithm):
     others = [d for d in (interrupted / "runs").iterdir() if d != run_dir]
     assert len(others) == 1 and not (others[0] / "metrics.csv").exists()
     assert metrics(run_dir, algorithm) == expected  # every epoch, before and after the kill, identical
+    # the export's model card gives the command of the run itself (Hydra's record), not the resume's
+    command = " ".join(["python -m rlft", *map(shlex.quote, [*pinned(args), f"output_root={interrupted}"])])
+    assert f"```bash\n{command}\n```" in (run_dir / "export" / "README.md").read_text()
 
 
 def test_resume_from_an_explicit_path_and_a_missing_one(tmp_path, caplog):
