@@ -7,6 +7,7 @@ import inspect
 import re
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -27,16 +28,103 @@ def on_experiment(overrides: list[str], experiment: str) -> list[str]:
     return [*overrides, f"experiment={experiment}"]
 
 
+# The user's own config directories that compose() composed with in this process (its config_dirs,
+# or a hydra.searchpath among its overrides): options loaded outside the defaults list (eval_rewards)
+# are looked up there too, as Hydra looks up the defaults list's.
+_COMPOSED_DIRS: list[Path] = []
+
+
+def source_dirs(sources) -> list[Path]:
+    """The directories of Hydra's config sources (hydra.runtime.config_sources: file and pkg ones)
+    other than Hydra's own and rlft's conf/, the user's: `--config-dir <dir>`, `hydra.searchpath`."""
+    import importlib.util
+
+    dirs = []
+    for source in sources:
+        if source.provider in ("hydra", "main"):
+            continue
+        if source.schema == "file":
+            dirs.append(Path(source.path).absolute())
+        elif source.schema == "pkg":
+            try:
+                spec = importlib.util.find_spec(str(source.path).replace("/", "."))
+            except (ImportError, ValueError):  # Hydra itself reports a package that is not there
+                continue
+            if spec is not None:
+                dirs.extend(Path(p) for p in spec.submodule_search_locations or [])
+    return dirs
+
+
+def config_dirs() -> list[Path]:
+    """Where options are looked up, in Hydra's order: rlft's conf/ first, then the running command's
+    own directories (--config-dir, hydra.searchpath), then those compose() composed with."""
+    from hydra.core.hydra_config import HydraConfig
+
+    running = source_dirs(HydraConfig.get().runtime.config_sources) if HydraConfig.initialized() else []
+    return list(dict.fromkeys([CONFIG_DIR, *running, *_COMPOSED_DIRS]))
+
+
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted({p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")})
+
+
+def option_path(group: str, name: str) -> Path:
+    """The file of one option of a group, from the first of config_dirs() that has it."""
+    for directory in config_dirs():
+        if (directory / group / f"{name}.yaml").is_file():
+            return directory / group / f"{name}.yaml"
+    raise ConfigError(f"unknown {group} '{name}'; available: {', '.join(options(group))}")
 
 
 def load_option(group: str, name: str) -> DictConfig:
     """The config of one option of a group, e.g. load_option("reward", "brightness")."""
-    path = CONFIG_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown {group} '{name}'; available: {', '.join(options(group))}")
-    return OmegaConf.load(path)
+    option = OmegaConf.load(option_path(group, name))
+    option.pop("defaults", None)  # what the option brings to a composed run, not part of the option
+    return option
+
+
+def _one_line(message: str) -> str:
+    """Hydra's message on one line: its lists of options joined, its search path left out."""
+    text = message.split("\nConfig search path:")[0].replace(":\n\t", ": ").replace("\n\t", ", ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "".join(
+        line + ("" if i == len(lines) - 1 else " " if line.endswith(".") else "; ") for i, line in enumerate(lines)
+    )
+
+
+def compose(
+    overrides: Sequence[str] = (), config_dirs: Sequence[str | Path] = (), config_name: str = "train"
+) -> DictConfig:
+    """rlft's config as `python -m rlft <overrides>` composes it (command-line syntax: "epochs=5",
+    "reward=aesthetic", "'~experiment'" without the shell's quotes). `config_dirs` are the user's own
+    config directories, laid out like conf/ (<dir>/reward/<name>.yaml, ...), whose options can then
+    be chosen like rlft's own: what `hydra.searchpath=[file://<dir>]` adds on the command line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    overrides = list(overrides)
+    if config_dirs:
+        entries = []
+        for directory in config_dirs:
+            path = Path(directory).expanduser().absolute()
+            if not path.is_dir():
+                raise ConfigError(f"config_dirs: {directory} is not a directory (one laid out like rlft's conf/)")
+            entries.append("'file://" + path.as_posix().replace("\\", "\\\\").replace("'", "\\'") + "'")
+        if any(o.startswith("hydra.searchpath=") for o in overrides):
+            raise ConfigError("give the config directories either as config_dirs or as a hydra.searchpath override")
+        overrides.append(f"hydra.searchpath=[{','.join(entries)}]")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except HydraException as error:  # an unknown option or key: Hydra's message names it
+        raise ConfigError(_one_line(str(error))) from error
+    for path in source_dirs(cfg.hydra.runtime.config_sources):
+        if path not in _COMPOSED_DIRS:
+            _COMPOSED_DIRS.append(path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 _SCALARS = (bool, int, float, str)
@@ -129,6 +217,24 @@ def _instantiate(node: DictConfig, built: dict, kwargs: dict):
     return instantiate(rest, _partial_=True, **kwargs)(**built)
 
 
+def _unimportable(node: DictConfig, where: str | None) -> str:
+    """Why `node._target_` cannot be imported, and where Python looks for it."""
+    import importlib
+
+    target = str(node._target_)
+    module, _, name = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name, None) is not None if module else False
+        problem = "its module has no such name" if not found else "it cannot be loaded"
+    except Exception as error:  # noqa: BLE001 - the module's own error is the reason shown
+        problem = f"{type(error).__name__}: {error}"
+    key = f"{where}._target_" if where else "_target_"
+    return (
+        f"{key}={target} cannot be imported ({problem}); a class of your own must be importable: run "
+        "python -m rlft from the directory that holds its package, or add that directory to PYTHONPATH"
+    )
+
+
 def build(node: DictConfig, where: str | None = None, **kwargs):
     """hydra.utils.instantiate, after `check_argument_types`; a ConfigError raised inside reaches
     the user unwrapped. `where` names the node in messages (e.g. "algorithm"; "" for a node that
@@ -152,6 +258,8 @@ def build(node: DictConfig, where: str | None = None, **kwargs):
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__
         if cause is None:
+            if str(error).startswith("Error locating target"):  # a user's class that cannot be imported
+                raise ConfigError(_unimportable(node, where)) from error
             raise
         located = cause if where is None or cause.argument is None else cause.at(_argument_key(node, cause, where))
         # chained to what it came from (HYDRA_FULL_ERROR=1 shows it), not to Hydra's wrapper around it

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from rlft.config import build, load_option
+from rlft.config import CONFIG_DIR, build, load_option, option_path
 from rlft.errors import ConfigError
 from rlft.export import RunRecord, export_run
 from rlft.module import RLModule
@@ -154,12 +154,15 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
 
 
 def build_eval_reward(name: str):
-    """The reward option `name` (conf/reward/<name>.yaml) as an eval reward; its keys are that
-    file's, not the run's (no command-line key reaches them), and its errors say so."""
+    """The reward option `name` (conf/reward/<name>.yaml, or <dir>/reward/<name>.yaml of the user's
+    config directories: rlft.config.config_dirs) as an eval reward; its keys are that file's, not the
+    run's (no command-line key reaches them), and its errors say so."""
+    path = option_path("reward", name)
     try:
         return build(load_option("reward", name), "")
     except ConfigError as error:
-        raise ConfigError(f"eval_rewards=[{name}]: in conf/reward/{name}.yaml, {error}") from error
+        shown = f"conf/reward/{name}.yaml" if path.parent.parent == CONFIG_DIR else str(path)
+        raise ConfigError(f"eval_rewards=[{name}]: in {shown}, {error}") from error
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
