@@ -11,8 +11,9 @@ As a library (docs/library.md)::
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
+
+from rlft.quiet import install_log_filters
 
 __version__ = "0.1.0"
 __all__ = ["compose"]
@@ -20,9 +21,9 @@ __all__ = ["compose"]
 if TYPE_CHECKING:
     from rlft.config import compose
 
-# transformers warns, when diffusers imports it, that its image processors fall back to PIL
-# without torchvision; rlft preprocesses images with torch ops and never uses those processors.
-logging.getLogger("transformers.utils.import_utils").setLevel(logging.ERROR)
+# Lines that every run would print and that say nothing about it (Lightning's tips, transformers'
+# torchvision fallback, ...), dropped by logger and message: rlft/quiet.py lists them.
+install_log_filters()
 
 
 def __getattr__(name: str):

@@ -49,9 +49,10 @@ def measure(overrides: list[str], warmup: int, repeats: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from rlft.config import CONFIG_DIR, on_experiment
-    from rlft.train import _quiet_known_warnings, build_module, build_trainer, validate
+    from rlft.quiet import quiet_known_warnings
+    from rlft.train import build_module, build_trainer, validate
 
-    _quiet_known_warnings()
+    quiet_known_warnings()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             config_name="train",

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -21,6 +20,7 @@ from rlft.export import RunRecord, export_run
 from rlft.module import RLModule
 from rlft.policy import Policy
 from rlft.preemption import StopOnSigterm, cluster_plugins
+from rlft.quiet import quiet_known_warnings, quiet_resume_warnings
 from rlft.report import ReportCallback, refresh_report
 from rlft.resume import Resumption, find_resumption, resumption_at, trim_metrics
 from rlft.validation import HARDWARE_HINT, check_config
@@ -85,15 +85,6 @@ def validate(cfg: DictConfig) -> None:
     (the checks beyond the types: rlft/validation.py)."""
     _check_types(cfg)
     check_config(cfg)
-
-
-def _quiet_known_warnings() -> None:
-    """Silence warnings that are expected in every run and say nothing about this one."""
-    # The frozen VAE / text encoder / UNet are kept in eval mode on purpose (no dropout anywhere).
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
-    logging.getLogger("diffusers.models.modeling_utils").setLevel(logging.ERROR)
 
 
 # The checkpoint rank 0 resumes, handed to the ranks Lightning starts as its child processes (they
@@ -279,7 +270,7 @@ def build_trainer(cfg: DictConfig, **settings) -> pl.Trainer:
 def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
-    _quiet_known_warnings()
+    quiet_known_warnings()
     run_dir = Path(run_dir)
     resumption = resumption_for(cfg, run_dir)
     checkpoint = None if resumption is None else resumption.checkpoint
@@ -315,7 +306,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     # for the ranks Lightning starts during fit (children of this process), and for them only
     os.environ[RESUME_ENV] = f"{os.getpid()}:{checkpoint or ''}"
     try:
-        trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
+        with quiet_resume_warnings(resumption is not None):
+            trainer.fit(module, ckpt_path=str(checkpoint) if checkpoint else None)
     finally:
         os.environ.pop(RESUME_ENV, None)
     if trainer.is_global_zero:

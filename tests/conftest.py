@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,17 @@ def pinned(overrides: list[str]) -> list[str]:
 def compose_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=pinned(overrides), return_hydra_config=return_hydra_config)
+
+
+# What a run must not print: warnings, and the libraries' notices that rlft/quiet.py drops (Lightning's
+# litlogger/litmodels tips, transformers' torchvision fallback, diffusers' float32 notice).
+# (`path.py:123: message` is how Lightning prints its warnings, without their category.)
+NOISE = re.compile(r"warn|\.py:\d+: |tip:|litlogger|litmodels|torchvision|deprecat|float32", re.IGNORECASE)
+
+
+def noise(result: subprocess.CompletedProcess) -> list[str]:
+    """The lines of a run's output (stdout and stderr; Hydra logs to stdout too) that are noise."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if NOISE.search(line)]
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ def sigma_at(scheduler, t: int) -> float:
     # Score the mean, computed by hand: its log-prob is -log sigma - log sqrt(2 pi).
     a = scheduler.alphas_cumprod.double()
     a_t = a[t]
-    a_prev = a[t - 20] if t - 20 >= 0 else torch.tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    a_prev = a[t - 20] if t - 20 >= 0 else torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
     var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     x0 = (x.double() - (1 - a_t).sqrt() * eps.double()) / a_t.sqrt()
     mu = a_prev.sqrt() * x0 + (1 - a_prev - var).sqrt() * eps.double()

@@ -4,7 +4,7 @@ import torch
 
 from rlft.algorithms import DDPO
 from rlft.algorithms.base import EpochSamples
-from tests.conftest import run_cli
+from tests.conftest import noise, run_cli
 
 SMALL = [
     "sample.batch_size=2",
@@ -18,7 +18,7 @@ SMALL = [
 
 def test_two_process_ddp_matches_single_process_advantages(tmp_path):
     dump = tmp_path / "dump"
-    run_cli(
+    result = run_cli(
         [
             "hardware.devices=2",
             "hardware.strategy=ddp",
@@ -30,6 +30,7 @@ def test_two_process_ddp_matches_single_process_advantages(tmp_path):
         ],
         cwd=tmp_path,
     )
+    assert noise(result) == []  # both ranks: no warning (rlft/quiet.py knows the distributed ones)
 
     reference = DDPO(stat_buffer_size=16, stat_min_count=2)  # the run's algorithm settings
     for epoch in range(2):

@@ -26,7 +26,8 @@ def test_plot_draws_each_metric_and_tabulates_first_and_last(tmp_path):
     )
     assert "| DDPO | 0.150 -> 0.400 | 0.800 -> 0.500 |" in result.stdout
     assert "| TDPO-R | 0.100 -> 0.200 | 0.800 -> 0.850 |" in result.stdout
-    width, height = Image.open(out).size
+    with Image.open(out) as image:
+        width, height = image.size
     assert width > 1.8 * height  # two panels side by side
 
 

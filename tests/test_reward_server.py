@@ -26,6 +26,11 @@ def server_env(**extra: str) -> dict[str, str]:
     return {**env, "HF_HUB_OFFLINE": "1", **extra}
 
 
+def _drain(stream) -> None:
+    with stream:
+        stream.read()
+
+
 def start_server(tmp_path, *overrides, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "rlft.serve", "port=0", *overrides],
@@ -39,8 +44,9 @@ def start_server(tmp_path, *overrides, env: dict[str, str] | None = None) -> tup
     while time.time() < deadline:
         line = process.stdout.readline()
         if match := re.search(r"on (http://\S+)", line):
-            # Keep reading its log (a line per request): a full pipe would block the server.
-            threading.Thread(target=process.stdout.read, daemon=True).start()
+            # Keep reading its log (a line per request): a full pipe would block the server. The
+            # reader closes the pipe at its end (the server's exit), so that no file is left open.
+            threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
             return process, match.group(1)
         assert process.poll() is None, "the server exited before serving"
     raise AssertionError("the server did not start")

@@ -5,7 +5,7 @@ import csv
 import json
 
 from rlft.toy.model import SHIPPED, load_toy
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, noise, run_cli
 
 SMALL = [
     "epochs=2",
@@ -35,8 +35,9 @@ def test_the_default_run_composes_the_toy_world():
 
 def test_showcase_saves_the_same_prompts_before_and_after_and_leaves_training_alone(tmp_path):
     common = ["~experiment", *SMALL, "showcase.grid=6", "showcase.batch_size=4"]
-    run_cli([*common, "showcase.samples=6", f"output_root={tmp_path / 'with'}"], cwd=tmp_path)
-    run_cli([*common, "showcase.samples=0", f"output_root={tmp_path / 'without'}"], cwd=tmp_path)
+    shown = run_cli([*common, "showcase.samples=6", f"output_root={tmp_path / 'with'}"], cwd=tmp_path)
+    plain_run = run_cli([*common, "showcase.samples=0", f"output_root={tmp_path / 'without'}"], cwd=tmp_path)
+    assert noise(shown) == noise(plain_run) == []  # no warning or library notice among the lines printed
     (run,) = (tmp_path / "with" / "runs").iterdir()
     before, after = (run / "images" / "before.txt").read_text(), (run / "images" / "after.txt").read_text()
     assert before == after and len(before.splitlines()) == 6
