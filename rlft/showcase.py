@@ -1,5 +1,6 @@
 """Before/after showcase: the same prompts and noise sampled before the first update and after the
-last one, scored by every reward of the run and saved as captioned grids.
+last one, scored by every reward of the run and saved as grids captioned with prompt and rewards,
+with a .json beside each listing every image of the grid (the epochs' format, rlft/images.py).
 
 Fixed prompts and seeds make the two grids comparable image by image, and a few hundred scored
 samples (the toy world's exact reader) turn "it learned" into a measured difference.
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from rlft.images import save_image_grid
+from rlft.images import image_records, record_caption, save_image_grid, write_json_atomically
 from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
@@ -55,7 +56,10 @@ def showcase(
     policy.train(was_training)
     count = min(settings.grid, len(trajectories))
     if count:
-        save_image_grid(trajectories.images[:count], trajectories.prompts[:count], path)
+        evals = {name.removeprefix("eval_"): values.tolist() for name, values in scores.items() if name != "train"}
+        records = image_records(trajectories.prompts[:count], scores["train"].tolist(), evals)
+        save_image_grid(trajectories.images[:count], [record_caption(r) for r in records], path)
+        write_json_atomically({"showcase": path.stem, "images": records}, path.with_suffix(".json"))
     return {
         ("reward_mean" if name == "train" else f"{name}_mean"): values.float().mean().item()
         for name, values in scores.items()

@@ -4,6 +4,8 @@ alignment reward, and its before/after showcase of fixed prompts and seeds."""
 import csv
 import json
 
+import pytest
+
 from rlft.toy.model import SHIPPED, load_toy
 from tests.conftest import compose_config, noise, run_cli
 
@@ -39,10 +41,14 @@ def test_showcase_saves_the_same_prompts_before_and_after_and_leaves_training_al
     plain_run = run_cli([*common, "showcase.samples=0", f"output_root={tmp_path / 'without'}"], cwd=tmp_path)
     assert noise(shown) == noise(plain_run) == []  # no warning or library notice among the lines printed
     (run,) = (tmp_path / "with" / "runs").iterdir()
-    before, after = (run / "images" / "before.txt").read_text(), (run / "images" / "after.txt").read_text()
-    assert before == after and len(before.splitlines()) == 6
+    before, after = (json.loads((run / "images" / f"{when}.json").read_text())["images"] for when in ("before", "after"))
+    assert [r["prompt"] for r in before] == [r["prompt"] for r in after] and len(before) == 6
     assert (run / "images" / "before.png").is_file() and (run / "images" / "after.png").is_file()
     scores = json.loads((run / "showcase.json").read_text())
+    # each image's caption carries its rewards, whose means over the grid (all 6 samples) are the scores
+    assert sum(r["reward"] for r in after) / 6 == pytest.approx(scores["after"]["reward_mean"])
+    assert sum(r["eval_rewards"]["toy_color"] for r in before) / 6 == pytest.approx(scores["before"]["eval_toy_color_mean"])
+    assert all(f"reward {r['reward']:.3f}" in line for r, line in zip(after, (run / "images" / "after.txt").read_text().splitlines()))
     for when in ("before", "after"):
         assert set(scores[when]) == {"reward_mean", "eval_toy_color_mean", "eval_toy_shape_mean"}
         assert all(0.0 <= v <= 1.0 for v in scores[when].values())
