@@ -56,11 +56,14 @@ def showcase(
     policy.train(was_training)
     count = min(settings.grid, len(trajectories))
     if count:
-        evals = {name.removeprefix("eval_"): values.tolist() for name, values in scores.items() if name != "train"}
-        records = image_records(trajectories.prompts[:count], scores["train"].tolist(), evals)
+        # the run's reward ("train"; a runner without one, as pretraining's, leads with its first)
+        main = "train" if "train" in scores else next(iter(scores))
+        evals = {name.removeprefix("eval_"): values.tolist() for name, values in scores.items() if name != main}
+        records = image_records(trajectories.prompts[:count], scores[main].tolist(), evals)
         save_image_grid(trajectories.images[:count], [record_caption(r) for r in records], path)
         write_json_atomically({"showcase": path.stem, "images": records}, path.with_suffix(".json"))
     return {
-        ("reward_mean" if name == "train" else f"{name}_mean"): values.float().mean().item()
+        # over exactly `samples` images (the last batch may have sampled more)
+        ("reward_mean" if name == "train" else f"{name}_mean"): values[: settings.samples].float().mean().item()
         for name, values in scores.items()
     }
