@@ -22,8 +22,11 @@ def main(cfg: DictConfig) -> float | None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from rlft.preemption import Preempted
+    from rlft.quiet import one_console_line_per_record
     from rlft.resume import RunFinished
     from rlft.train import train  # heavy imports after Hydra has parsed the command line
+
+    one_console_line_per_record()  # (Lightning, just imported, added a console handler of its own)
 
     try:
         metrics = train(cfg, HydraConfig.get().runtime.output_dir)

@@ -96,3 +96,26 @@ def quiet_resume_warnings(resumed: bool) -> Iterator[None]:
         if resumed:
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
         yield
+
+
+def one_console_line_per_record() -> None:
+    """Under `python -m rlft` (Hydra has put its console and log-file handlers on the root logger):
+    drop the console handler that `import lightning` adds to its "lightning" logger, which would
+    print every Lightning line a second time ("INFO: GPU available ..." above Hydra's copy). The
+    lines still reach Hydra's console and the run's log file."""
+    if logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            if type(handler) is logging.StreamHandler:
+                lightning.removeHandler(handler)
+
+
+def no_library_progress_bars() -> None:
+    """transformers' "Loading weights" and diffusers' "Writing model shards" bars, drawn for every
+    component loaded or saved (a bar for each of a model's parts, in seconds): rlft's own progress
+    bars and log lines say where a run is."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

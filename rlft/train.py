@@ -20,7 +20,7 @@ from rlft.export import RunRecord, export_run
 from rlft.module import RLModule
 from rlft.policy import Policy
 from rlft.preemption import StopOnSigterm, cluster_plugins
-from rlft.quiet import quiet_known_warnings, quiet_resume_warnings
+from rlft.quiet import no_library_progress_bars, quiet_known_warnings, quiet_resume_warnings
 from rlft.report import ReportCallback, refresh_report
 from rlft.resume import Resumption, find_resumption, resumption_at, trim_metrics
 from rlft.validation import HARDWARE_HINT, check_config
@@ -271,6 +271,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Run the configured training; returns the last epoch's metrics."""
     validate(cfg)
     quiet_known_warnings()
+    no_library_progress_bars()
     run_dir = Path(run_dir)
     resumption = resumption_for(cfg, run_dir)
     checkpoint = None if resumption is None else resumption.checkpoint

@@ -4,6 +4,7 @@ same loggers still comes through, and the test suite's warning filters agree wit
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import pytest
@@ -107,3 +108,23 @@ def test_a_warning_attributed_to_rlft_or_the_tests_is_an_error_and_a_librarys_is
             warnings.warn_explicit("old API", DeprecationWarning, f"{module}.py", 1, module=module)
     with pytest.warns(DeprecationWarning):
         warnings.warn_explicit("old API", DeprecationWarning, "rlftish.py", 1, module="rlftish")
+
+
+def test_lightnings_own_console_handler_goes_only_where_a_root_handler_prints_its_lines():
+    from rlft.quiet import one_console_line_per_record
+
+    root, lightning = logging.getLogger(), logging.getLogger("lightning")
+    saved_root, saved_lightning = list(root.handlers), list(lightning.handlers)
+    own, kept = logging.StreamHandler(), logging.FileHandler(os.devnull)
+    try:
+        root.handlers[:] = []
+        lightning.handlers[:] = [own]
+        one_console_line_per_record()  # a library user without logging set up: Lightning's is the only one
+        assert lightning.handlers == [own]
+        root.handlers[:] = [logging.StreamHandler()]  # as Hydra sets up python -m rlft
+        lightning.handlers[:] = [own, kept]
+        one_console_line_per_record()
+        assert lightning.handlers == [kept]
+    finally:
+        kept.close()
+        root.handlers[:], lightning.handlers[:] = saved_root, saved_lightning
