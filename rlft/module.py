@@ -149,6 +149,7 @@ class RLModule(pl.LightningModule):
             reference=self.algorithm.needs_reference,
             trajectory_dtype=getattr(torch, self.cfg.perf.trajectory_dtype),
             images_per_prompt=s.images_per_prompt,
+            same_noise_per_group=s.same_noise_per_group,
         )
         timings["sampling_s"] = time.perf_counter() - start
         return trajectories

@@ -134,15 +134,27 @@ class Policy(nn.Module):
         """Draw the action x_{t-1} with noise from `stream` (or, given `next_latents`, score it);
         returns it and its log-prob. `reference=True` evaluates the frozen base model instead of the
         trained one."""
-        with self._weights(reference) as unet:
-            unet_dtype = next(unet.parameters()).dtype
-            noise_pred = self.predict_noise(
-                latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale, unet
-            )
+        noise_pred = self.noise_prediction(latents, timesteps, prompt_embeds, guidance_scale, reference)
         noise = None if stream is None else stream.normal(latents.shape, device=latents.device)
         return ddim_step_with_logprob(
             self.scheduler, noise_pred, timesteps, latents, eta, prev_sample=next_latents, noise=noise
         )
+
+    def noise_prediction(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        guidance_scale: float,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """The guided model output that `step` feeds the kernel, in the UNet's dtype, from the
+        trained weights or (`reference=True`) the frozen base model's."""
+        with self._weights(reference) as unet:
+            unet_dtype = next(unet.parameters()).dtype
+            return self.predict_noise(
+                latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale, unet
+            )
 
     @contextmanager
     def _weights(self, reference: bool):

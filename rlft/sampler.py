@@ -36,12 +36,16 @@ def rollout(
     reference: bool = False,
     trajectory_dtype: torch.dtype = torch.float32,
     images_per_prompt: int = 1,
+    same_noise_per_group: bool = False,
 ) -> Trajectories:
     """Sample `num_batches` batches; each decoded batch goes to `rewards` while the next one samples.
     `stream` draws the initial noise and every step's noise; `rng` the prompts.
 
     `images_per_prompt` = k draws a prompt for every k consecutive samples (groups, so that
-    per-prompt advantages compare images of the same prompt from the first epoch on).
+    per-prompt advantages compare images of the same prompt from the first epoch on). With
+    `same_noise_per_group`, the k images of a group also start from one x_T (DanceGRPO's
+    init_same_noise), drawn from `stream` at the group's first sample, so that a group cut by a batch
+    boundary keeps its noise.
 
     With `state_encoder`, every state x_t (pure noise included) is decoded and encoded before its
     step (TDPO's critic input). With `reference`, the frozen reference policy also scores each
@@ -62,7 +66,15 @@ def rollout(
         drawn = everything[start : start + batch_size]
         batch_prompts = [prompt for prompt, _ in drawn]
         embeds = policy.encode_prompts(batch_prompts)
-        x = stream.normal((batch_size, *policy.latent_shape), device=device)
+        if same_noise_per_group:
+            rows = []
+            for index in range(start, start + batch_size):
+                if index % images_per_prompt == 0:  # a group's first sample draws the group's x_T
+                    shared = stream.normal((1, *policy.latent_shape))
+                rows.append(shared)
+            x = torch.cat(rows).to(device)
+        else:
+            x = stream.normal((batch_size, *policy.latent_shape), device=device)
         # Every later state takes this dtype (the DDIM step returns its sample's dtype, and scores
         # the action after that rounding), so the chain is stored in it.
         x = (x * policy.scheduler.init_noise_sigma).to(trajectory_dtype)

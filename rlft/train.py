@@ -45,6 +45,7 @@ TYPED_KEYS = {
     "train.num_inner_epochs": int,
     "train.timestep_fraction": float,
     "sample.images_per_prompt": int,
+    "sample.same_noise_per_group": bool,
     "train.cfg": bool,
     "train.learning_rate": float,
     "train.adam_beta1": float,
@@ -125,7 +126,7 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
             components,
             lora=cfg.model.lora,
             frozen_dtype=cfg.hardware.frozen_dtype,
-            keep_reference=algorithm.needs_reference,
+            keep_reference=algorithm.needs_reference or algorithm.trains_against_reference,
             compile_unet=OmegaConf.to_container(cfg.perf.compile)
             if isinstance(cfg.perf.compile, DictConfig)
             else cfg.perf.compile,

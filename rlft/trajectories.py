@@ -49,6 +49,22 @@ class Trajectories:
     def num_steps(self) -> int:
         return self.timesteps.shape[1]
 
+    def select(self, rows: torch.Tensor) -> Trajectories:
+        """The samples at `rows` (int64 indices), in that order; global_rewards (every rank's) stay whole."""
+        chosen = rows.tolist()
+        per_sample = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "global_rewards" or value is None:
+                continue
+            if isinstance(value, list):
+                per_sample[f.name] = [value[i] for i in chosen]
+            elif isinstance(value, dict):
+                per_sample[f.name] = {k: v[rows.to(v.device)] for k, v in value.items()}
+            else:
+                per_sample[f.name] = value[rows.to(value.device)]
+        return replace(self, **per_sample)
+
 
 @dataclass
 class TrainingBatch:

@@ -103,6 +103,7 @@ RANGES: dict[str, tuple[Rule, str]] = {
     "algorithm.critic_adam_weight_decay": (non_negative(), ""),
     "algorithm.critic_adam_epsilon": (positive(), ""),
     "algorithm.neuron_reset_freq": (at_least(1), "epochs between neuron resets"),
+    "algorithm.kl_beta": (non_negative(), "GRPO's KL weight; 0 switches the KL term off"),
     "algorithm.kl.coef": (non_negative(), "0 switches KL regularization off"),
     "algorithm.kl.init_kl_coef": (non_negative(), ""),
     "algorithm.kl.horizon": (positive(), ""),
@@ -160,6 +161,11 @@ def check_consistency(cfg: DictConfig) -> None:
     problem = group_problem(per_epoch, s.images_per_prompt)
     if problem:
         raise ConfigError(problem)
+    if _select(cfg, "algorithm._target_") == "rlft.algorithms.GRPO" and s.images_per_prompt < 2:
+        raise ConfigError(
+            f"sample.images_per_prompt={s.images_per_prompt} must be at least 2 with algorithm=grpo, whose "
+            "advantages compare the images of one prompt: set e.g. sample.images_per_prompt=4"
+        )
     window = t.timestep_window
     if not (
         isinstance(window, ListConfig)

@@ -64,6 +64,8 @@ CONFIG_VALUES = [
     ("sample.eta=-1", "sample.eta=-1 must be > 0"),
     ("algorithm.clip_range=-1", "algorithm.clip_range=-1 must be > 0"),
     ("algorithm.kl.coef=-1", "algorithm.kl.coef=-1 must be >= 0"),
+    ("algorithm=grpo", "sample.images_per_prompt=1 must be at least 2 with algorithm=grpo"),
+    ("algorithm=grpo sample.images_per_prompt=2 algorithm.kl_beta=-1", "algorithm.kl_beta=-1 must be >= 0"),
     ("algorithm=rwr_sparse algorithm.percentile=150", "algorithm.percentile=150 must be in [0, 100]"),
     ("algorithm=tdpo algorithm.gamma=0", "algorithm.gamma=0 must be in (0, 1]"),
     ("algorithm=tdpo algorithm.critic_dropout=[0.2,1.5]", "algorithm.critic_dropout=[0.2, 1.5] must hold"),

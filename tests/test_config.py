@@ -33,6 +33,8 @@ def test_option_composes(group, option):
     overrides = [f"{group}={option}"]
     if (group, option) == ("prompt", "from_file"):
         overrides.append("prompt.path=simple_animals.txt")
+    if (group, option) == ("algorithm", "grpo"):
+        overrides.append("sample.images_per_prompt=2")  # GRPO compares images of one prompt
     cfg = compose_config(overrides)
     validate(cfg)
     if group != "experiment":  # presets are merged into the root, not kept as a node

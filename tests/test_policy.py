@@ -54,8 +54,17 @@ def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol:
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_lora"])
 def test_importance_ratio_is_one_before_the_first_update(model):
-    policy = make_policy(model)
-    assert_ratio_one(policy, sample(policy))
+    policy = make_policy(model, keep_reference=True)
+    trajectories = sample(policy)
+    assert_ratio_one(policy, trajectories)
+    # GRPO with its KL term re-scores through the kernel's mean and std itself (rlft/algorithms/grpo.py)
+    from rlft.algorithms import GRPO
+
+    learner = type("Learner", (), {"policy": policy})()
+    for step in [training_batches(trajectories, 2, 4, RandomStream(1))[0].column(j) for j in range(4)]:
+        _, info = GRPO(kl_beta=0.1).step_loss(learner, step, 5.0, 1.0)
+        torch.testing.assert_close(info["ratio"], torch.tensor(1.0), rtol=0, atol=1e-5)
+        assert info["kl"].item() == 0.0  # the reference is the starting policy (a copy, or the LoRA's base)
 
 
 def test_trajectory_shapes_and_chain():

@@ -93,13 +93,15 @@ class RecordDraws(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-@pytest.mark.parametrize("algorithm", ["ddpo", "tdpo_r", "rwr_sparse"])
+@pytest.mark.parametrize("algorithm", ["ddpo", "tdpo_r", "rwr_sparse", "grpo"])
 def test_an_epoch_of_every_algorithm_draws_only_from_host_streams(tmp_path, algorithm):
     """Sampler noise, shuffles, time permutations, RWR's timesteps and noise, TDPO-R's resets and the
     showcase: all from CPU generators, none from torch's global (unsaved, per-device) ones."""
     overrides = [*FAST, f"algorithm={algorithm}", "showcase.samples=2", "showcase.batch_size=2"]
     if algorithm == "tdpo_r":
         overrides.append("algorithm.neuron_reset_freq=1")  # the reset draws too
+    if algorithm == "grpo":  # one x_T per group, and the KL's reference evaluation
+        overrides += ["sample.images_per_prompt=2", "sample.same_noise_per_group=true", "algorithm.kl_beta=0.1"]
     cfg = compose_config(overrides)
     with RecordDraws() as recorder:
         train(cfg, tmp_path / "run")

@@ -61,6 +61,9 @@ class Algorithm:
 
     #: whether sampling must also score each action under the frozen reference policy (KL)
     needs_reference: bool = False
+    #: whether training evaluates the frozen reference policy itself (GRPO's KL on the kernel's means);
+    #: the policy then keeps the base model, but sampling scores nothing under it
+    trains_against_reference: bool = False
     #: the metrics of `optimize` that the epoch's console line shows, when the epoch measured them
     console_metrics: tuple[str, ...] = ("loss",)
 

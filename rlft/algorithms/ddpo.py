@@ -3,6 +3,8 @@ score-function special case."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
@@ -10,7 +12,7 @@ from rlft.algorithms.kl import KLRegularization
 from rlft.algorithms.stat_tracker import PerPromptStatTracker
 from rlft.errors import ConfigError
 from rlft.streams import RandomStream
-from rlft.trajectories import Trajectories, rescore, trained_steps, training_batches
+from rlft.trajectories import TimestepBatch, Trajectories, rescore, trained_steps, training_batches
 
 
 def clipped_surrogate(
@@ -47,6 +49,42 @@ def score_function_loss(
         log_ratio = log_prob - old_log_prob
         metrics = {"approx_kl": 0.5 * (log_ratio**2).mean(), "ratio": torch.exp(log_ratio).mean()}
     return -(advantages * log_prob).mean(), metrics
+
+
+StepLoss = Callable[[Learner, TimestepBatch, float, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def clipped_epochs(
+    learner: Learner, trajectories: Trajectories, stream: RandomStream, accumulation: int, step_loss: StepLoss
+) -> dict[str, float]:
+    """DDPO's optimization loop (docs/algorithms.md#ddpo-update-schedule), shared with GRPO: inner
+    epochs; for each shuffled minibatch, for each of its K timestep columns: `step_loss`, backward;
+    an optimizer step after every `accumulation` minibatches, and after the last one (a shorter
+    window only when `accumulation` does not divide the minibatches, which GRPO's filtered epochs
+    allow; its loss is then averaged over that window). A last minibatch may be short."""
+    t, s = learner.cfg.train, learner.cfg.sample
+    steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
+    num_minibatches = -(-len(trajectories) // t.batch_size)
+    guidance = s.guidance_scale if t.cfg else 1.0
+    metrics = MetricMeans()
+    bar = learner.progress(t.num_inner_epochs * num_minibatches * num_timesteps)
+    for _ in range(t.num_inner_epochs):
+        for index, batch in enumerate(training_batches(trajectories, t.batch_size, num_timesteps, stream, steps)):
+            window = min(accumulation, num_minibatches - index // accumulation * accumulation)
+            steps_after = (index + 1) % accumulation == 0 or index == num_minibatches - 1
+            for j in range(num_timesteps):
+                loss, info = step_loss(learner, batch.column(j), guidance, s.eta)
+                # The update direction is the mean over samples x timesteps of an accumulation window.
+                learner.backpropagate(
+                    loss / (window * num_timesteps), synchronize=steps_after and j == num_timesteps - 1
+                )
+                metrics.add(loss=loss, **info)
+                bar.update()
+            if steps_after:
+                learner.optimizer_step()
+                metrics.stepped()
+    bar.close()
+    return metrics.means()
 
 
 class DDPO(Algorithm):
@@ -91,35 +129,16 @@ class DDPO(Algorithm):
         """Minibatches per optimizer step."""
         return learner.cfg.train.gradient_accumulation_steps
 
+    def step_loss(
+        self, learner: Learner, step: TimestepBatch, guidance_scale: float, eta: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-step's loss: the current policy re-scores the stored actions of a timestep column."""
+        return self.loss(rescore(learner.policy, step, guidance_scale, eta), step.log_probs, step.advantages)
+
     def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
-        """Inner epochs; for each shuffled minibatch, for each of its K timestep columns: forward,
-        loss, backward; an optimizer step after every `accumulation` minibatches
-        (docs/algorithms.md#ddpo-update-schedule)."""
-        t, s = learner.cfg.train, learner.cfg.sample
-        steps, num_timesteps = trained_steps(trajectories.num_steps, t.timestep_fraction, t.timestep_window)
-        num_minibatches = len(trajectories) // t.batch_size
+        num_minibatches = len(trajectories) // learner.cfg.train.batch_size
         accumulation = self.accumulation_steps(learner, num_minibatches)
-        guidance = s.guidance_scale if t.cfg else 1.0
-        metrics = MetricMeans()
-        bar = learner.progress(t.num_inner_epochs * num_minibatches * num_timesteps)
-        for _ in range(t.num_inner_epochs):
-            for index, batch in enumerate(
-                training_batches(trajectories, t.batch_size, num_timesteps, stream, steps)
-            ):
-                for j in range(num_timesteps):
-                    step = batch.column(j)
-                    log_prob = rescore(learner.policy, step, guidance, s.eta)
-                    loss, info = self.loss(log_prob, step.log_probs, step.advantages)
-                    # The update direction is the mean over samples x timesteps of an accumulation window.
-                    steps_after = j == num_timesteps - 1 and (index + 1) % accumulation == 0
-                    learner.backpropagate(loss / (accumulation * num_timesteps), synchronize=steps_after)
-                    metrics.add(loss=loss, **info)
-                    bar.update()
-                if (index + 1) % accumulation == 0:
-                    learner.optimizer_step()
-                    metrics.stepped()
-        bar.close()
-        return metrics.means()
+        return clipped_epochs(learner, trajectories, stream, accumulation, self.step_loss)
 
     def state_dict(self) -> dict:
         return {
