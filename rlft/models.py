@@ -168,16 +168,23 @@ def build_offline(
     return Components(unet, vae, text_encoder, tokenizer, make_scheduler())
 
 
-def _missing_model_message(name_or_path: str, reason: str, hub_id: str, directory: Path | None = None) -> str:
-    """The error for a model that cannot be loaded; `directory`: the model.path given, if any. It
-    names the key of load_pretrained's `path` (rlft.errors.ConfigError): model.path for model=sd14."""
+def _missing_model_message(
+    name_or_path: str,
+    reason: str,
+    hub_id: str,
+    directory: Path | None = None,
+    subfolders: tuple[str, ...] = PIPELINE_SUBFOLDERS,
+) -> str:
+    """The error for a model that cannot be loaded; `directory`: the model.path given, if any;
+    `subfolders`: the pipeline's components (SD 1.x's by default). It names the key of the loader's
+    `path` (rlft.errors.ConfigError): model.path for model=sd14."""
     if directory is None:
         fix = f"run `hf download {hub_id}` (or let the run download it)"
     else:
         fix = f"run `hf download {hub_id} --local-dir {directory}`"
     return (
         f"{{key}}={directory or 'null'}: cannot load the model '{name_or_path}': {reason}. A diffusers pipeline "
-        f"directory is needed with model_index.json and the subfolders {', '.join(PIPELINE_SUBFOLDERS)}. Fix: on "
+        f"directory is needed with model_index.json and the subfolders {', '.join(subfolders)}. Fix: on "
         f"a machine with internet access {fix}, or copy such a directory here and pass {{key}}=/path/to/it."
     )
 

@@ -1,0 +1,467 @@
+"""Stable Diffusion 3 and 3.5: a rectified-flow transformer (MMDiT) as a policy
+(docs/algorithms.md#sd3-and-sd35).
+
+The components are built offline with random weights (`build_tiny_sd3`, diffusers' own test shapes)
+or loaded from a pipeline directory or the hub (`load_sd3`). `SD3Policy` encodes prompts, takes
+guided flow steps through rlft/kernels (Flow-GRPO's SDE step, or the Euler step), decodes, trains
+LoRA adapters on the transformer's attention and exports them in diffusers' SD3 LoRA format.
+Text encoding and guidance follow diffusers' StableDiffusion3Pipeline line for line, so that the
+policy and the pipeline compute the same thing (tests/test_sd3.py compares their latents bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import string
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from rlft.errors import ConfigError
+from rlft.families.conditioning import TextConditioning
+from rlft.kernels import Transition, euler_transition, flow_grpo_transition
+from rlft.kernels.flow_sde import FLOW_GRPO_NOISE_LEVEL
+from rlft.models import _missing_model_message, character_tokenizer
+from rlft.policy import DTYPES
+
+SD3_HUB_ID = "stabilityai/stable-diffusion-3.5-medium"
+SD3_SUBFOLDERS = (
+    "transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+    "text_encoder_3", "tokenizer_3", "scheduler",
+)  # fmt: skip
+# SD3's VAE latents are shifted and scaled to unit variance: z = (x - shift) * scale.
+SD3_SHIFT_FACTOR = 0.0609
+SD3_SCALING_FACTOR = 1.5305
+# Flow-GRPO's adapters: the joint attention's image and text projections (attn, not SD3.5's attn2).
+SD3_LORA_TARGETS = [
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+    "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+]  # fmt: skip
+# B = 0 at the start, so the initial policy is exactly the base model (docs/algorithms.md#lora).
+SD3_LORA = {"r": 32, "lora_alpha": 64, "init_lora_weights": "gaussian", "target_modules": SD3_LORA_TARGETS}
+# diffusers' default T5 sequence length for SD3 (its encode_prompt's max_sequence_length).
+T5_MAX_LENGTH = 256
+
+
+@dataclass
+class SD3Components:
+    transformer: SD3Transformer2DModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModelWithProjection
+    tokenizer: CLIPTokenizer
+    text_encoder_2: CLIPTextModelWithProjection
+    tokenizer_2: CLIPTokenizer
+    # T5 is optional: without it diffusers conditions on zeros in its place.
+    text_encoder_3: T5EncoderModel | None
+    tokenizer_3: T5Tokenizer | None
+    scheduler: FlowMatchEulerDiscreteScheduler
+    # A hub id or directory, or None for a model built here.
+    source: str | None = None
+
+
+def sd3_pipeline(parts) -> StableDiffusion3Pipeline:
+    """A StableDiffusion3Pipeline of `parts` (SD3Components or an SD3Policy)."""
+    return StableDiffusion3Pipeline(
+        transformer=parts.transformer,
+        scheduler=parts.scheduler,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        text_encoder_2=parts.text_encoder_2,
+        tokenizer_2=parts.tokenizer_2,
+        text_encoder_3=parts.text_encoder_3,
+        tokenizer_3=parts.tokenizer_3,
+    )
+
+
+def t5_character_tokenizer() -> T5Tokenizer:
+    """A T5 (unigram) tokenizer over printable ASCII, one token per character, built offline."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in string.printable if not c.isspace()]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _tiny_clip(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
+    return CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,  # the penultimate layer's states condition SD3: keep one real layer below it
+            num_attention_heads=4,
+            projection_dim=32,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def build_tiny_sd3(seed: int = 0, t5: bool = False) -> SD3Components:
+    """An SD3-shaped model with random weights in diffusers' test shapes (32x32 latents, one joint
+    block), identical for a given seed; with `t5` a tiny T5 encoder too, else none (zeros)."""
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(
+            sample_size=32,
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=32,
+            pooled_projection_dim=64,  # the two CLIP projections, concatenated
+            out_channels=4,
+        )
+        tokenizer, tokenizer_2 = character_tokenizer(), character_tokenizer()
+        text_encoder, text_encoder_2 = _tiny_clip(tokenizer), _tiny_clip(tokenizer_2)
+        text_encoder_3 = tokenizer_3 = None
+        if t5:
+            tokenizer_3 = t5_character_tokenizer()
+            text_encoder_3 = T5EncoderModel(
+                T5Config(
+                    vocab_size=len(tokenizer_3),
+                    d_model=32,  # = joint_attention_dim: T5's states join CLIP's along the sequence
+                    d_kv=8,
+                    d_ff=64,
+                    num_layers=1,
+                    num_heads=4,
+                    relative_attention_num_buckets=8,
+                    pad_token_id=tokenizer_3.pad_token_id,
+                    eos_token_id=tokenizer_3.eos_token_id,
+                    decoder_start_token_id=tokenizer_3.pad_token_id,
+                )
+            )
+        vae = AutoencoderKL(
+            sample_size=32,
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(4,),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=SD3_SHIFT_FACTOR,
+            scaling_factor=SD3_SCALING_FACTOR,
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return SD3Components(
+        transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3, scheduler
+    )
+
+
+def load_sd3(
+    hub_id: str = SD3_HUB_ID, path: str | None = None, revision: str | None = None, t5: bool = True
+) -> SD3Components:
+    """Load SD3 / SD3.5 components from a local pipeline directory or a hub id; `t5=False` skips
+    the T5 encoder (about 9 GB in bf16; diffusers then conditions on zeros in its place)."""
+    directory = Path(path).expanduser() if path is not None else None
+    subfolders = SD3_SUBFOLDERS if t5 else SD3_SUBFOLDERS[:6] + SD3_SUBFOLDERS[8:]
+    if directory is not None:
+        if not (directory / "model_index.json").is_file():
+            message = _missing_model_message(
+                str(directory), "model_index.json not found there", hub_id, directory, subfolders
+            )
+            raise ConfigError(message, "path")
+        source, kwargs = str(directory), {}
+    else:
+        source, kwargs = hub_id, {"revision": revision}
+    try:
+        transformer = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer", **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+        encoders = [
+            CLIPTextModelWithProjection.from_pretrained(source, subfolder=name, **kwargs)
+            for name in ("text_encoder", "text_encoder_2")
+        ]
+        tokenizers = [
+            CLIPTokenizer.from_pretrained(source, subfolder=name, **kwargs) for name in ("tokenizer", "tokenizer_2")
+        ]
+        text_encoder_3 = tokenizer_3 = None
+        if t5:
+            text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **kwargs)
+            tokenizer_3 = T5Tokenizer.from_pretrained(source, subfolder="tokenizer_3", **kwargs)
+        scheduler_config = FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as error:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        if directory is not None:
+            reason = "a component of it could not be loaded"
+        else:
+            reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
+        message = _missing_model_message(source, f"{reason} ({type(error).__name__})", hub_id, directory, subfolders)
+        raise ConfigError(message, "path") from error
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    return SD3Components(
+        transformer, vae, encoders[0], tokenizers[0], encoders[1], tokenizers[1], text_encoder_3, tokenizer_3, scheduler,
+        source,
+    )  # fmt: skip
+
+
+class SD3Policy(nn.Module):
+    """The flow-matching family's policy: the SD3 transformer's guided velocity, stepped by a flow
+    kernel. The methods mirror rlft.policy.Policy's (SD 1.x), with a sigma schedule in place of
+    DDIM timesteps and a TextConditioning in place of a hidden-state tensor."""
+
+    def __init__(
+        self,
+        components: SD3Components,
+        lora: dict | None = SD3_LORA,
+        frozen_dtype: str = "float32",
+        keep_reference: bool = False,
+        max_sequence_length: int = T5_MAX_LENGTH,
+    ):
+        """`lora`: peft LoraConfig arguments for the transformer (None: fine-tune all of it);
+        `keep_reference`: with full fine-tuning, keep a frozen copy as the reference policy (with
+        LoRA the reference is the same transformer with its adapters disabled)."""
+        super().__init__()
+        self.transformer = components.transformer
+        self.vae = components.vae
+        self.text_encoder, self.tokenizer = components.text_encoder, components.tokenizer
+        self.text_encoder_2, self.tokenizer_2 = components.text_encoder_2, components.tokenizer_2
+        self.text_encoder_3, self.tokenizer_3 = components.text_encoder_3, components.tokenizer_3
+        self.scheduler = components.scheduler
+        self.source = components.source
+        self.max_sequence_length = max_sequence_length
+        self.lora_config = None if lora is None else dict(lora)
+
+        dtype = DTYPES[frozen_dtype]
+        for frozen in (self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3):
+            if frozen is not None:
+                frozen.requires_grad_(False).to(dtype).eval()
+        self.reference_transformer = None
+        if keep_reference and self.lora_config is None:
+            self.reference_transformer = copy.deepcopy(self.transformer).requires_grad_(False).to(dtype).eval()
+        if self.lora_config is not None:
+            self.transformer.requires_grad_(False).to(dtype)
+            self.transformer.add_adapter(LoraConfig(**self.lora_config))
+            for param in self.transformer.parameters():
+                if param.requires_grad:  # trainable weights stay float32 whatever the frozen dtype
+                    param.data = param.data.float()
+        self.transformer.eval()
+        negative = self.encode_prompts([""])
+        self.register_buffer("negative_hidden_states", negative.hidden_states, persistent=False)
+        self.register_buffer("negative_pooled", negative.pooled, persistent=False)
+
+    # -- text -------------------------------------------------------------------------------
+    def _clip(self, prompts: list[str], tokenizer: CLIPTokenizer, encoder: nn.Module):
+        # As diffusers' _get_clip_prompt_embeds: both CLIPs pad to the first tokenizer's length; the
+        # penultimate layer's states condition the transformer, the projected EOS state is pooled.
+        ids = tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        return out.hidden_states[-2].to(dtype=self.text_encoder.dtype), out[0]
+
+    def _t5(self, prompts: list[str]) -> torch.Tensor:
+        if self.text_encoder_3 is None:  # diffusers: zeros of T5's shape in the joint width
+            shape = (len(prompts), self.max_sequence_length, self.transformer.config.joint_attention_dim)
+            return torch.zeros(shape, device=self.text_encoder.device, dtype=self.text_encoder.dtype)
+        ids = self.tokenizer_3(
+            prompts,
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder_3(ids.to(self.text_encoder_3.device))[0].to(dtype=self.text_encoder_3.dtype)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> TextConditioning:
+        """The joint sequence [CLIP-L | CLIP-G states, padded to the joint width ; T5 states]
+        (B, 77 + max_sequence_length, joint_attention_dim) and the pooled [CLIP-L ; CLIP-G]
+        projections (B, pooled_projection_dim), as diffusers' encode_prompt forms them."""
+        hidden_1, pooled_1 = self._clip(prompts, self.tokenizer, self.text_encoder)
+        hidden_2, pooled_2 = self._clip(prompts, self.tokenizer_2, self.text_encoder_2)
+        clip = torch.cat([hidden_1, hidden_2], dim=-1)
+        t5 = self._t5(prompts)
+        # (The pad is negative, a crop, where the CLIP width exceeds the joint width, as in diffusers.)
+        clip = nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return TextConditioning(torch.cat([clip, t5], dim=-2), torch.cat([pooled_1, pooled_2], dim=-1))
+
+    @property
+    def negative_conditioning(self) -> TextConditioning:
+        """The empty prompt's conditioning (batch 1): guidance's unconditional branch."""
+        return TextConditioning(self.negative_hidden_states, self.negative_pooled)
+
+    # -- the schedule -----------------------------------------------------------------------
+    def sigmas(self, num_steps: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """The scheduler's noise levels s_0 = 1 > ... > s_T = 0 (T + 1 values, float32) for
+        `num_steps` steps, with its shift (3 for SD3), as the pipeline sets them."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # leave ours untouched
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", False):
+            size = self.transformer.config.sample_size // self.transformer.config.patch_size
+            config = scheduler.config
+            kwargs["mu"] = calculate_shift(
+                size * size,
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.16),
+            )
+        scheduler.set_timesteps(num_steps, device=device, **kwargs)
+        return scheduler.sigmas
+
+    # -- the policy's action ------------------------------------------------------------------
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        step_index: int | torch.Tensor,
+        sigmas: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """The guided velocity at noise level sigmas[step_index] (an int, or (B,) indices for
+        per-sample steps), in the transformer's dtype: one call on [unconditional; conditional]."""
+        sigma = sigmas[step_index]
+        with self._weights(reference) as transformer:
+            dtype = next(transformer.parameters()).dtype
+            timestep = (sigma * self.scheduler.config.num_train_timesteps).expand(len(latents))
+            latents = latents.to(dtype)
+            if guidance_scale > 1.0:
+                negative = self.negative_conditioning.expand(len(latents))
+                conditioning = TextConditioning.cat([negative, conditioning])
+                latents, timestep = torch.cat([latents, latents]), torch.cat([timestep, timestep])
+            conditioning = conditioning.to(dtype)
+            out = transformer(
+                hidden_states=latents,
+                timestep=timestep,
+                encoder_hidden_states=conditioning.hidden_states,
+                pooled_projections=conditioning.pooled,
+                return_dict=False,
+            )[0]
+        if guidance_scale > 1.0:
+            uncond, cond = out.chunk(2)
+            return uncond + guidance_scale * (cond - uncond)
+        return out
+
+    def step(
+        self,
+        latents: torch.Tensor,
+        step_index: int | torch.Tensor,
+        sigmas: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        noise: torch.Tensor | None = None,
+        prev_sample: torch.Tensor | None = None,
+        noise_level: float = FLOW_GRPO_NOISE_LEVEL,
+        reference: bool = False,
+    ) -> Transition:
+        """Flow-GRPO's SDE step from sigmas[step_index] to the next level: draws the action with
+        `noise` (standard normal, from a RandomStream) or scores the stored `prev_sample`."""
+        velocity = self.velocity(latents, step_index, sigmas, conditioning, guidance_scale, reference)
+        return flow_grpo_transition(
+            latents,
+            velocity,
+            sigmas[step_index],
+            sigmas[step_index + 1],
+            sigma_1=sigmas[1],
+            noise_level=noise_level,
+            noise=noise,
+            prev_sample=prev_sample,
+        )
+
+    def ode_step(
+        self,
+        latents: torch.Tensor,
+        step_index: int | torch.Tensor,
+        sigmas: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        reference: bool = False,
+    ) -> Transition:
+        """The deterministic Euler step (the pipeline's sampler); log_prob None."""
+        velocity = self.velocity(latents, step_index, sigmas, conditioning, guidance_scale, reference)
+        return euler_transition(latents, velocity, sigmas[step_index], sigmas[step_index + 1])
+
+    @contextmanager
+    def _weights(self, reference: bool):
+        if not reference:
+            yield self.transformer
+        elif self.reference_transformer is not None:
+            yield self.reference_transformer
+        elif self.lora_config is not None:
+            self.transformer.disable_adapters()  # the base weights, without a second copy in memory
+            try:
+                yield self.transformer
+            finally:
+                self.transformer.enable_adapters()
+        else:
+            raise RuntimeError("this policy was built without keep_reference=True")
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to images in [0, 1], float32 (B, 3, H, W): unscale, unshift, then the VAE."""
+        config = self.vae.config
+        unscaled = latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor
+        images = self.vae.decode(unscaled).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.transformer.config.sample_size
+        return (self.transformer.config.in_channels, size, size)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    # -- export -----------------------------------------------------------------------------
+    def pipeline(self) -> StableDiffusion3Pipeline:
+        return sd3_pipeline(self)
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the trained weights in diffusers' format; returns the directory.
+
+        LoRA: `lora/pytorch_lora_weights.safetensors` with its adapter config (rank, alpha) as
+        metadata (load with StableDiffusion3Pipeline.load_lora_weights), and for a model built
+        offline the base pipeline in `base/`. Full fine-tuning: the whole pipeline in `pipeline/`.
+        A pipeline without T5 is saved without it: load it with `text_encoder_3=None, tokenizer_3=None`.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.lora_config is None:
+            self.pipeline().save_pretrained(directory / "pipeline", safe_serialization=True)
+            return directory
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory / "lora",
+            transformer_lora_layers=get_peft_model_state_dict(self.transformer),
+            transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict(),
+            safe_serialization=True,
+        )
+        if self.source is None:
+            self._save_base_pipeline(directory / "base")
+        (directory / "BASE_MODEL.txt").write_text((self.source or str(directory / "base")) + "\n")
+        return directory
+
+    def _save_base_pipeline(self, directory: Path) -> None:
+        """Save the pipeline without the adapters (a fresh transformer with the base weights)."""
+        base = SD3Transformer2DModel.from_config(self.transformer.config)
+        state = {k.replace(".base_layer", ""): v for k, v in self.transformer.state_dict().items() if "lora_" not in k}
+        base.load_state_dict(state)
+        pipe = self.pipeline()
+        pipe.transformer = base.to(torch.float32)
+        pipe.save_pretrained(directory, safe_serialization=True)
