@@ -342,7 +342,7 @@ def rebuild_policy(checkpoint: dict, label: str, base: str | None = None) -> Pol
     from omegaconf import OmegaConf
 
     from rlft.config import build
-    from rlft.policy import Policy
+    from rlft.policy import policy_class
 
     config = checkpoint["rlft"]["config"]
     components = dict(config["model"]["components"])
@@ -357,7 +357,7 @@ def rebuild_policy(checkpoint: dict, label: str, base: str | None = None) -> Pol
         built = build(OmegaConf.create(components))
     except ConfigError as error:
         raise ConfigError(f"{label}: the run's base model cannot be loaded here: {error.at('--base')}") from error
-    policy = Policy(
+    policy = policy_class(OmegaConf.create(config["model"]))(
         built, lora=config["model"]["lora"], frozen_dtype=config.get("hardware", {}).get("frozen_dtype", "float32")
     )
     weights = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}

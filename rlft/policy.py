@@ -7,6 +7,7 @@ export, so that sampling and training evaluate the policy through the same code 
 from __future__ import annotations
 
 import copy
+import importlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from rlft.ddim import ddim_step_with_logprob
+from rlft.errors import ConfigError
 from rlft.models import Components, sd_pipeline
 from rlft.streams import RandomStream
 
@@ -219,3 +221,22 @@ class Policy(nn.Module):
         pipe = self.pipeline()
         pipe.unet = base_unet.to(torch.float32)
         pipe.save_pretrained(directory, safe_serialization=True)
+
+
+def policy_class(model: DictConfig) -> type[nn.Module]:
+    """The policy class of a model config's family: `model.policy._target_` (a user's model config that
+    names none gets Stable Diffusion 1.x's, this module's Policy)."""
+    target = OmegaConf.select(model, "policy._target_")
+    if target is None:
+        return Policy
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name) if module_name else None
+    except (ImportError, AttributeError):
+        found = None
+    if not isinstance(found, type):
+        raise ConfigError(
+            f"model.policy._target_={target}: no such class; name a policy class importable from here, "
+            "e.g. rlft.policy.Policy for Stable Diffusion 1.x"
+        )
+    return found

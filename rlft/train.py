@@ -18,7 +18,7 @@ from rlft.config import CONFIG_DIR, build, load_option, option_path
 from rlft.errors import ConfigError
 from rlft.export import RunRecord, export_run
 from rlft.module import RLModule
-from rlft.policy import Policy
+from rlft.policy import policy_class
 from rlft.preemption import StopOnSigterm, cluster_plugins
 from rlft.quiet import no_library_progress_bars, quiet_known_warnings, quiet_resume_warnings
 from rlft.report import ReportCallback, refresh_report
@@ -120,9 +120,10 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     reward = build(cfg.reward, "reward")
     eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
+    family = policy_class(cfg.model)  # before the weights load: a bad class name fails at once
     components = build(cfg.model.components, "model.components")
     try:
-        policy = Policy(
+        policy = family(
             components,
             lora=cfg.model.lora,
             frozen_dtype=cfg.hardware.frozen_dtype,

@@ -87,3 +87,23 @@ def test_a_preset_sets_the_papers_run_on_top_and_the_command_line_wins():
     cfg = composed("experiment=ddpo_aesthetic sample.num_steps=20 model=sd15")
     assert cfg.sample.num_steps == 20 and "stable-diffusion-v1-5" in cfg.model.components.hub_id
     assert composed("experiment=demo").model.components._target_ == "rlft.models.build_offline"
+
+
+@pytest.mark.parametrize("model", ["toy", "tiny", "tiny_lora", "small", "sd14", "sd15"])
+def test_every_model_names_its_familys_policy_class(model):
+    from rlft.policy import Policy, policy_class
+
+    cfg = composed(f"model={model}")
+    assert cfg.model.policy._target_ == "rlft.policy.Policy" and policy_class(cfg.model) is Policy
+
+
+def test_a_policy_class_that_is_not_there_is_one_line():
+    from omegaconf import OmegaConf
+
+    from rlft.errors import ConfigError
+    from rlft.policy import Policy, policy_class
+
+    assert policy_class(OmegaConf.create({"components": {}})) is Policy  # a user's model config naming none
+    for target in ("rlft.policy.Nope", "nopkg.Policy", "rlft.policy.policy_class"):
+        with pytest.raises(ConfigError, match=rf"^model\.policy\._target_={target}: no such class; .*rlft\.policy\.Policy"):
+            policy_class(OmegaConf.create({"policy": {"_target_": target}}))
