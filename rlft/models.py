@@ -7,6 +7,8 @@ encoder with its tokenizer, and the DDIM scheduler.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,29 +191,55 @@ def _missing_model_message(
     )
 
 
+@dataclass(frozen=True)
+class PipelineSource:
+    """Where a family's loader reads a diffusers pipeline from: `name` and `kwargs` for each
+    component's from_pretrained; `directory` the model.path given (None: the hub id)."""
+
+    name: str
+    kwargs: dict
+    hub_id: str
+    directory: Path | None
+    subfolders: tuple[str, ...]
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Around loading the components: one that is missing or unreadable becomes one ConfigError
+        line naming model.path and the fix."""
+        try:
+            yield
+        except (OSError, ValueError) as error:
+            if self.directory is not None:
+                reason = "a component of it could not be loaded"
+            else:
+                offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+                reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
+            reason = f"{reason} ({type(error).__name__})"
+            message = _missing_model_message(self.name, reason, self.hub_id, self.directory, self.subfolders)
+            raise ConfigError(message, "path") from error
+
+
+def pipeline_source(
+    hub_id: str, path: str | None, revision: str | None, subfolders: tuple[str, ...] = PIPELINE_SUBFOLDERS
+) -> PipelineSource:
+    """A local pipeline directory (model.path; it must hold model_index.json) or else the hub id."""
+    directory = Path(path).expanduser() if path is not None else None
+    if directory is None:
+        return PipelineSource(hub_id, {"revision": revision}, hub_id, None, subfolders)
+    if not (directory / "model_index.json").is_file():
+        message = _missing_model_message(str(directory), "model_index.json not found there", hub_id, directory, subfolders)
+        raise ConfigError(message, "path")
+    return PipelineSource(str(directory), {}, hub_id, directory, subfolders)
+
+
 def load_pretrained(hub_id: str, path: str | None = None, revision: str | None = None) -> Components:
     """Load Stable Diffusion components from a local pipeline directory or a hub id."""
-    directory = Path(path).expanduser() if path is not None else None
-    if directory is not None:
-        if not (directory / "model_index.json").is_file():
-            raise ConfigError(
-                _missing_model_message(str(directory), "model_index.json not found there", hub_id, directory), "path"
-            )
-        source, kwargs = str(directory), {}
-    else:
-        source, kwargs = hub_id, {"revision": revision}
-    try:
+    where = pipeline_source(hub_id, path, revision)
+    source, kwargs = where.name, where.kwargs
+    with where.loading():
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
         scheduler_config = DDIMScheduler.load_config(source, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        if directory is not None:
-            reason = "a component of it could not be loaded"
-        else:
-            reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
-        message = _missing_model_message(source, f"{reason} ({type(error).__name__})", hub_id, directory)
-        raise ConfigError(message, "path") from error
     return Components(unet, vae, text_encoder, tokenizer, DDIMScheduler.from_config(scheduler_config), source)

@@ -27,6 +27,25 @@ from rlft.streams import RandomStream
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@contextmanager
+def network_weights(network: nn.Module, frozen_copy: nn.Module | None, has_adapters: bool, reference: bool):
+    """The network a step evaluates: the trained one, or with `reference` the base model's weights:
+    the frozen copy kept for full fine-tuning, else the same network with its LoRA adapters disabled
+    (no second copy in memory). Every family's policy evaluates its reference this way."""
+    if not reference:
+        yield network
+    elif frozen_copy is not None:
+        yield frozen_copy
+    elif has_adapters:
+        network.disable_adapters()
+        try:
+            yield network
+        finally:
+            network.enable_adapters()
+    else:
+        raise RuntimeError("this policy was built without keep_reference=True")
+
+
 class Policy(nn.Module):
     def __init__(
         self,
@@ -158,20 +177,8 @@ class Policy(nn.Module):
                 latents.to(unet_dtype), timesteps, prompt_embeds.to(unet_dtype), guidance_scale, unet
             )
 
-    @contextmanager
     def _weights(self, reference: bool):
-        if not reference:
-            yield self.unet
-        elif self.reference_unet is not None:
-            yield self.reference_unet
-        elif self.lora_config is not None:
-            self.unet.disable_adapters()  # the base weights, without a second copy in memory
-            try:
-                yield self.unet
-            finally:
-                self.unet.enable_adapters()
-        else:
-            raise RuntimeError("this policy was built without keep_reference=True")
+        return network_weights(self.unet, self.reference_unet, self.lora_config is not None, reference)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ FAST = [
     "sample.num_steps=3",
     "train.batch_size=2",
     "train.gradient_accumulation_steps=1",
+    "showcase.samples=0",  # (model=toy brings a 256-sample showcase; a test that wants one sets it)
 ]
 
 

@@ -12,9 +12,7 @@ policy and the pipeline compute the same thing (tests/test_sd3.py compares their
 from __future__ import annotations
 
 import copy
-import os
 import string
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +31,11 @@ from transformers import (
     T5Tokenizer,
 )
 
-from rlft.errors import ConfigError
 from rlft.families.conditioning import TextConditioning
 from rlft.kernels import Transition, euler_transition, flow_grpo_transition
 from rlft.kernels.flow_sde import FLOW_GRPO_NOISE_LEVEL
-from rlft.models import _missing_model_message, character_tokenizer
-from rlft.policy import DTYPES
+from rlft.models import character_tokenizer, pipeline_source
+from rlft.policy import DTYPES, network_weights
 
 SD3_HUB_ID = "stabilityai/stable-diffusion-3.5-medium"
 SD3_SUBFOLDERS = (
@@ -174,18 +171,10 @@ def load_sd3(
 ) -> SD3Components:
     """Load SD3 / SD3.5 components from a local pipeline directory or a hub id; `t5=False` skips
     the T5 encoder (about 9 GB in bf16; diffusers then conditions on zeros in its place)."""
-    directory = Path(path).expanduser() if path is not None else None
     subfolders = SD3_SUBFOLDERS if t5 else SD3_SUBFOLDERS[:6] + SD3_SUBFOLDERS[8:]
-    if directory is not None:
-        if not (directory / "model_index.json").is_file():
-            message = _missing_model_message(
-                str(directory), "model_index.json not found there", hub_id, directory, subfolders
-            )
-            raise ConfigError(message, "path")
-        source, kwargs = str(directory), {}
-    else:
-        source, kwargs = hub_id, {"revision": revision}
-    try:
+    where = pipeline_source(hub_id, path, revision, subfolders)
+    source, kwargs = where.name, where.kwargs
+    with where.loading():
         transformer = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer", **kwargs)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
         encoders = [
@@ -200,14 +189,6 @@ def load_sd3(
             text_encoder_3 = T5EncoderModel.from_pretrained(source, subfolder="text_encoder_3", **kwargs)
             tokenizer_3 = T5Tokenizer.from_pretrained(source, subfolder="tokenizer_3", **kwargs)
         scheduler_config = FlowMatchEulerDiscreteScheduler.load_config(source, subfolder="scheduler", **kwargs)
-    except (OSError, ValueError) as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        if directory is not None:
-            reason = "a component of it could not be loaded"
-        else:
-            reason = "it is not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE=1" if offline else "")
-        message = _missing_model_message(source, f"{reason} ({type(error).__name__})", hub_id, directory, subfolders)
-        raise ConfigError(message, "path") from error
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
     return SD3Components(
         transformer, vae, encoders[0], tokenizers[0], encoders[1], tokenizers[1], text_encoder_3, tokenizer_3, scheduler,
@@ -398,20 +379,8 @@ class SD3Policy(nn.Module):
         velocity = self.velocity(latents, step_index, sigmas, conditioning, guidance_scale, reference)
         return euler_transition(latents, velocity, sigmas[step_index], sigmas[step_index + 1])
 
-    @contextmanager
     def _weights(self, reference: bool):
-        if not reference:
-            yield self.transformer
-        elif self.reference_transformer is not None:
-            yield self.reference_transformer
-        elif self.lora_config is not None:
-            self.transformer.disable_adapters()  # the base weights, without a second copy in memory
-            try:
-                yield self.transformer
-            finally:
-                self.transformer.enable_adapters()
-        else:
-            raise RuntimeError("this policy was built without keep_reference=True")
+        return network_weights(self.transformer, self.reference_transformer, self.lora_config is not None, reference)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
