@@ -195,6 +195,13 @@ def _a_prompt(config: dict) -> str:
         return "a photo of a cat"
 
 
+def kernel_description(kernel: dict) -> str:
+    """`DDIMKernel` (eta 1.0): the sampler's kernel and its parameters, for the card."""
+    name = str(kernel.get("_target_", "?")).rpartition(".")[2]
+    parameters = ", ".join(f"{k} {v}" for k, v in kernel.items() if k != "_target_")
+    return f"`{name}`" + (f" ({parameters})" if parameters else "")
+
+
 def model_card(record: RunRecord, directory: Path, source: str | None, repo_id: str | None = None) -> str:
     """README.md of an export: Hugging Face model-card metadata and what the weights are."""
     from huggingface_hub import ModelCardData
@@ -253,7 +260,7 @@ def model_card(record: RunRecord, directory: Path, source: str | None, repo_id: 
         f"| Reward | `{reward}` (`{reward_class}`) |",
         f"| Prompts | `{prompts}` (`{prompt_class}`) |",
         f"| Epochs trained | {epochs} |",
-        f"| Sampler | DDIM, {sample.get('num_steps', '?')} steps, eta {sample.get('eta', '?')}, "
+        f"| Sampler | {kernel_description(sample.get('kernel', {}))}, {sample.get('num_steps', '?')} steps, "
         + f"guidance {sample.get('guidance_scale', '?')} |",
         "",
         *_rewards_section(record, reward),
@@ -357,8 +364,14 @@ def rebuild_policy(checkpoint: dict, label: str, base: str | None = None) -> Pol
         built = build(OmegaConf.create(components))
     except ConfigError as error:
         raise ConfigError(f"{label}: the run's base model cannot be loaded here: {error.at('--base')}") from error
-    policy = policy_class(OmegaConf.create(config["model"]))(
-        built, lora=config["model"]["lora"], frozen_dtype=config.get("hardware", {}).get("frozen_dtype", "float32")
+    from rlft.train import family_options
+
+    model = OmegaConf.create(config["model"])
+    policy = policy_class(model)(
+        built,
+        lora=config["model"]["lora"],
+        frozen_dtype=config.get("hardware", {}).get("frozen_dtype", "float32"),
+        **family_options(model),
     )
     weights = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
     trainable = {name for name, param in policy.named_parameters() if param.requires_grad}

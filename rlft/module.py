@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from rlft.algorithms import Algorithm
 from rlft.algorithms.base import AFTER_UPDATE_METRICS, EpochSamples
+from rlft.families.base import DiffusionPolicy
 from rlft.images import image_records, log_images, save_epoch_images
-from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import LearnedReward, Reward, RewardRunner
 from rlft.sampler import rollout
@@ -31,7 +31,7 @@ class RLModule(pl.LightningModule):
     def __init__(
         self,
         cfg: DictConfig,
-        policy: Policy,
+        policy: DiffusionPolicy,
         algorithm: Algorithm,
         prompts: PromptSource,
         reward: Reward,
@@ -140,7 +140,6 @@ class RLModule(pl.LightningModule):
             num_batches=s.num_batches_per_epoch,
             num_steps=s.num_steps,
             guidance_scale=s.guidance_scale,
-            eta=s.eta,
             stream=self.stream(epoch, NOISE),
             rng=random.Random(stream_seed(self.cfg.seed, self.global_rank, epoch, PROMPTS)),
             progress=self.trainer.is_global_zero,

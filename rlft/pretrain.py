@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlft.config import CONFIG_DIR
 from rlft.ddim import denoising_target, make_scheduler
+from rlft.kernels import DDIMKernel
 from rlft.models import build_offline
 from rlft.policy import Policy
 from rlft.rewards import RewardRunner
@@ -196,7 +197,7 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     components.vae.register_to_config(scaling_factor=latent_scale(components.vae, world, cfg.resolution))
     report = {"reconstruction_accuracy": reconstruction_accuracy(components.vae, world, 256, cfg.resolution)}
     log.info("vae: %.1f%% of reconstructions read back right", 100 * report["reconstruction_accuracy"])
-    policy = Policy(components, lora=None)
+    policy = Policy(components, lora=None, kernel=DDIMKernel(eta=cfg.evaluation.eta))
     train_unet(policy, cfg, world, output_dir)
     report.update(sample_accuracy(policy, cfg, grid_path=output_dir / "samples.png"))
     report["seconds"] = time.perf_counter() - start

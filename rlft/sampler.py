@@ -1,4 +1,4 @@
-"""Rollout: sample prompts, run the DDIM policy for T steps, keep trajectories and log-probs."""
+"""Rollout: sample prompts, run the policy's kernel for T steps, keep trajectories and log-probs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlft.errors import ConfigError
-from rlft.policy import Policy
+from rlft.families.base import DiffusionPolicy, concatenate
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
 from rlft.streams import RandomStream
@@ -19,7 +19,7 @@ from rlft.xla import sync
 
 @torch.no_grad()
 def rollout(
-    policy: Policy,
+    policy: DiffusionPolicy,
     prompts: PromptSource,
     rewards: RewardRunner,
     *,
@@ -27,7 +27,6 @@ def rollout(
     num_batches: int,
     num_steps: int,
     guidance_scale: float,
-    eta: float,
     stream: RandomStream,
     rng: random.Random,
     progress: bool = False,
@@ -51,12 +50,12 @@ def rollout(
     step (TDPO's critic input). With `reference`, the frozen reference policy also scores each
     sampled action (KL regularization). `trajectory_dtype`: the dtype the states are kept in.
     """
-    device = policy.negative_embedding.device
-    policy.scheduler.set_timesteps(num_steps)
-    # Each step's timesteps as its own tensor, transferred before the loop: on XLA a graph input, so
-    # every step runs the same compiled graph (an index into one tensor would be a constant per step).
-    step_timesteps = [t.expand(batch_size).to(device) for t in policy.scheduler.timesteps]
-    timesteps = policy.scheduler.timesteps.to(device)
+    device = policy.device
+    schedule = policy.schedule(num_steps).to(device)
+    levels = schedule.expand(batch_size, -1)
+    # Each step's index as its own tensor, transferred before the loop: on XLA a graph input, so
+    # every step runs the same compiled graph (a Python index would be a constant per step).
+    step_indices = [torch.full((batch_size,), j, dtype=torch.long).to(device) for j in range(num_steps)]
     bar = tqdm(total=num_batches * num_steps, desc=description, disable=not progress, leave=False, unit="step")
     keys = ("prompts", "metadata", "embeds", "chain", "log_probs", "images", "features", "reference_log_probs")
     parts: dict[str, list] = {key: [] for key in keys}
@@ -77,20 +76,24 @@ def rollout(
             x = stream.normal((batch_size, *policy.latent_shape), device=device)
         # Every later state takes this dtype (the DDIM step returns its sample's dtype, and scores
         # the action after that rounding), so the chain is stored in it.
-        x = (x * policy.scheduler.init_noise_sigma).to(trajectory_dtype)
+        x = (x * policy.initial_noise_scale).to(trajectory_dtype)
         chain, log_probs, features, reference_log_probs = [x], [], [], []
-        for t in step_timesteps:
+        for j in step_indices:
             if state_encoder is not None:
                 features.append(state_encoder(policy.decode(x)))
             state = x
-            x, log_prob = policy.step(state, t, embeds, guidance_scale, eta, stream=stream)
+            noise = stream.normal(state.shape, device=device)
+            step = policy.transition(state, j, levels, embeds, guidance_scale, noise=noise)
+            x = step.sample
             if reference:
-                _, reference_log_prob = policy.step(
-                    state, t, embeds, guidance_scale, eta, next_latents=x, reference=True
-                )
-                reference_log_probs.append(reference_log_prob)
+                scored = policy.transition(state, j, levels, embeds, guidance_scale, next_latents=x, reference=True)
+                reference_log_probs.append(scored.log_prob)
             chain.append(x)
-            log_probs.append(log_prob)
+            # (a deterministic step, the Euler kernel's, has no log-prob: NaN, which no algorithm that
+            # needs log-probs accepts; rlft/algorithms/base.py refuses the pairing first)
+            log_probs.append(
+                step.log_prob if step.log_prob is not None else torch.full_like(j, torch.nan, dtype=torch.float32)
+            )
             sync(device)  # one sampler step per XLA graph
             bar.update()
         images = policy.decode(x).cpu()
@@ -109,8 +112,8 @@ def rollout(
     return Trajectories(
         prompts=parts["prompts"],
         metadata=parts["metadata"],
-        prompt_embeds=torch.cat(parts["embeds"]),
-        timesteps=timesteps.expand(total, -1).clone(),
+        prompt_embeds=concatenate(parts["embeds"]),
+        schedule=schedule.expand(total, -1).clone(),
         chain=torch.cat(parts["chain"]),
         log_probs=torch.cat(parts["log_probs"]),
         images=torch.cat(parts["images"]),

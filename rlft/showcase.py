@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from rlft.families.base import DiffusionPolicy
 from rlft.images import image_records, record_caption, save_image_grid, write_json_atomically
-from rlft.policy import Policy
 from rlft.prompts import PromptSource
 from rlft.rewards import RewardRunner
 from rlft.sampler import rollout
@@ -23,7 +23,7 @@ from rlft.streams import RandomStream
 
 
 def showcase(
-    policy: Policy,
+    policy: DiffusionPolicy,
     prompts: PromptSource,
     rewards: RewardRunner,
     settings: DictConfig,
@@ -48,7 +48,6 @@ def showcase(
             num_batches=-(-settings.samples // batch_size),
             num_steps=sample.num_steps,
             guidance_scale=sample.guidance_scale,
-            eta=sample.eta,
             stream=RandomStream(settings.seed),
             rng=random.Random(settings.seed),
         )

@@ -37,7 +37,8 @@ TYPED_KEYS = {
     "sample.batch_size": int,
     "sample.num_batches_per_epoch": int,
     "sample.num_steps": int,
-    "sample.eta": float,
+    "sample.kernel.eta": float,
+    "sample.kernel.noise_level": float,
     "sample.guidance_scale": float,
     "sample.num_images_logged": int,
     "train.batch_size": int,
@@ -67,6 +68,8 @@ TYPED_KEYS = {
 def _check_types(cfg: DictConfig) -> None:
     for key, kind in TYPED_KEYS.items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key.startswith("sample.kernel."):  # a parameter of another kernel
+            continue
         ok = (
             isinstance(value, bool)
             if kind is bool
@@ -113,6 +116,12 @@ def resumption_for(cfg: DictConfig, run_dir: Path) -> Resumption | None:
     return find_resumption(cfg, run_dir, search_output_root=_run_dir_made_up())
 
 
+def family_options(model: DictConfig) -> dict:
+    """The family's own policy arguments: model.policy's keys besides _target_."""
+    node = OmegaConf.select(model, "policy")
+    return {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node else {}).items() if k != "_target_"}
+
+
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     # Cheapest first: prompts (a text file), then rewards (the likeliest problem: missing weights),
     # so that a bad value is reported before minutes go into loading the model.
@@ -121,10 +130,15 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
     family = policy_class(cfg.model)  # before the weights load: a bad class name fails at once
+    kernel = family.check_kernel(build(cfg.sample.kernel, "sample.kernel"))
+    algorithm.check_kernel(kernel)
     components = build(cfg.model.components, "model.components")
     try:
+        options = family_options(cfg.model)
         policy = family(
             components,
+            kernel=kernel,
+            **options,  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
             lora=cfg.model.lora,
             frozen_dtype=cfg.hardware.frozen_dtype,
             keep_reference=algorithm.needs_reference or algorithm.trains_against_reference,

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from rlft.families.base import Conditioning
+from rlft.families.conditioning import TextConditioning
+from rlft.kernels.base import Transition
 from rlft.streams import RandomStream
 from rlft.xla import is_xla
 
@@ -15,13 +18,15 @@ class Trajectories:
     """One process's samples of one epoch. N samples, T sampler steps.
 
     `chain` holds x_T ... x_0, so `latents` (state before each step) and `next_latents` (the action
-    taken) are views of one tensor rather than two copies.
+    taken) are views of one tensor rather than two copies. `schedule` holds each chain's T + 1
+    levels (the policy's `schedule`: DDIM timesteps, flow noise levels), so that step j of a stored
+    chain, from level j to level j + 1, is re-scored as it was sampled.
     """
 
     prompts: list[str]
     metadata: list[dict]
-    prompt_embeds: torch.Tensor  # (N, L, D)
-    timesteps: torch.Tensor  # (N, T) long
+    prompt_embeds: Conditioning  # (N, L, D) hidden states, or a TextConditioning
+    schedule: torch.Tensor  # (N, T + 1)
     chain: torch.Tensor  # (N, T + 1, C, H, W)
     log_probs: torch.Tensor  # (N, T), behaviour log-probs of the stored actions
     images: torch.Tensor  # (N, 3, H', W') in [0, 1], on the CPU
@@ -47,7 +52,7 @@ class Trajectories:
 
     @property
     def num_steps(self) -> int:
-        return self.timesteps.shape[1]
+        return self.schedule.shape[1] - 1
 
     def select(self, rows: torch.Tensor) -> Trajectories:
         """The samples at `rows` (int64 indices), in that order; global_rewards (every rank's) stay whole."""
@@ -61,6 +66,8 @@ class Trajectories:
                 per_sample[f.name] = [value[i] for i in chosen]
             elif isinstance(value, dict):
                 per_sample[f.name] = {k: v[rows.to(v.device)] for k, v in value.items()}
+            elif isinstance(value, TextConditioning):
+                per_sample[f.name] = value.index_select(rows)
             else:
                 per_sample[f.name] = value[rows.to(value.device)]
         return replace(self, **per_sample)
@@ -70,8 +77,9 @@ class Trajectories:
 class TrainingBatch:
     """A minibatch for the optimize phase, with time already permuted per sample."""
 
-    prompt_embeds: torch.Tensor  # (B, L, D)
-    timesteps: torch.Tensor  # (B, K)
+    prompt_embeds: Conditioning  # (B, L, D) or a TextConditioning
+    schedule: torch.Tensor  # (B, T + 1)
+    step_indices: torch.Tensor  # (B, K) int64: the sampler steps of the K columns
     latents: torch.Tensor  # (B, K, C, H, W)
     next_latents: torch.Tensor  # (B, K, C, H, W)
     log_probs: torch.Tensor  # (B, K)
@@ -97,7 +105,8 @@ class TrainingBatch:
 
         return TimestepBatch(
             prompt_embeds=self.prompt_embeds,
-            timesteps=pick(self.timesteps),
+            schedule=self.schedule,
+            step_index=pick(self.step_indices),
             latents=pick(self.latents),
             next_latents=pick(self.next_latents),
             log_probs=pick(self.log_probs),
@@ -112,8 +121,9 @@ class TrainingBatch:
 class TimestepBatch:
     """One timestep column of a TrainingBatch: every field is per sample."""
 
-    prompt_embeds: torch.Tensor  # (B, L, D)
-    timesteps: torch.Tensor  # (B,)
+    prompt_embeds: Conditioning  # (B, L, D) or a TextConditioning
+    schedule: torch.Tensor  # (B, T + 1)
+    step_index: torch.Tensor  # (B,) int64
     latents: torch.Tensor  # (B, C, H, W)
     next_latents: torch.Tensor  # (B, C, H, W)
     log_probs: torch.Tensor  # (B,)
@@ -156,7 +166,8 @@ def training_batches(
     advantages = trajectories.advantages
     everything = TrainingBatch(
         prompt_embeds=trajectories.prompt_embeds[order],
-        timesteps=take(trajectories.timesteps),
+        schedule=trajectories.schedule[order],
+        step_indices=columns,
         latents=take(trajectories.latents),
         next_latents=take(trajectories.next_latents),
         log_probs=take(trajectories.log_probs),
@@ -168,9 +179,20 @@ def training_batches(
     return [everything[slice(start, start + batch_size)] for start in range(0, n, batch_size)]
 
 
-def rescore(policy, step: TimestepBatch, guidance_scale: float, eta: float) -> torch.Tensor:
-    """The current policy's log-prob (B,) of the stored actions of one timestep column."""
-    _, log_prob = policy.step(
-        step.latents, step.timesteps, step.prompt_embeds, guidance_scale, eta, next_latents=step.next_latents
+def transition_of(policy, step: TimestepBatch, guidance_scale: float, reference: bool = False) -> Transition:
+    """The policy's kernel on the stored actions of one timestep column: their log-prob (B,), the
+    step's mean and std, from the trained weights or (`reference`) the base model's."""
+    return policy.transition(
+        step.latents,
+        step.step_index,
+        step.schedule,
+        step.prompt_embeds,
+        guidance_scale,
+        next_latents=step.next_latents,
+        reference=reference,
     )
-    return log_prob
+
+
+def rescore(policy, step: TimestepBatch, guidance_scale: float) -> torch.Tensor:
+    """The current policy's log-prob (B,) of the stored actions of one timestep column."""
+    return transition_of(policy, step, guidance_scale).log_prob

@@ -61,7 +61,7 @@ CONFIG_VALUES = [
     ("train.adam_beta2=-0.1", "train.adam_beta2=-0.1 must be in [0, 1)"),
     ("train.adam_epsilon=0", "train.adam_epsilon=0 must be > 0"),
     ("train.adam_weight_decay=-1", "train.adam_weight_decay=-1 must be >= 0"),
-    ("sample.eta=-1", "sample.eta=-1 must be > 0"),
+    ("sample.kernel.eta=-1", "sample.kernel.eta=-1 must be >= 0"),
     ("algorithm.clip_range=-1", "algorithm.clip_range=-1 must be > 0"),
     ("algorithm.kl.coef=-1", "algorithm.kl.coef=-1 must be >= 0"),
     ("algorithm=grpo", "sample.images_per_prompt=1 must be at least 2 with algorithm=grpo"),

@@ -82,7 +82,7 @@ def test_missing_prompt_file_names_the_choices():
     "override,fragment",
     [
         ("train.batch_size=3", "train.batch_size=3 must divide"),
-        ("sample.eta=0", "sample.eta=0"),
+        ("sample.kernel.eta=-1", "sample.kernel.eta=-1"),
         ("train.gradient_accumulation_steps=3", "gradient_accumulation_steps=3"),
         ("train.timestep_fraction=0", "timestep_fraction"),
         ("train.timestep_window=[0.5,0.5]", r"timestep_window=\[0.5, 0.5\]"),
@@ -94,7 +94,7 @@ def test_bad_values_are_rejected(override, fragment):
         validate(compose_config([override]))
 
 
-@pytest.mark.parametrize("override", ["epochs=ten", "sample.eta=fast", "train.cfg=3"])
+@pytest.mark.parametrize("override", ["epochs=ten", "sample.kernel.eta=fast", "train.cfg=3"])
 def test_wrong_types_are_rejected(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -41,7 +41,7 @@ def test_stable_diffusion_runs_get_the_papers_sampler_and_lora(command):
     cfg = composed(command)
     assert cfg.model.components._target_ == "rlft.models.load_pretrained"
     s, t = cfg.sample, cfg.train
-    assert (s.num_steps, s.guidance_scale, s.eta, s.images_per_prompt) == (50, 5.0, 1.0, 1)
+    assert (s.num_steps, s.guidance_scale, s.kernel.eta, s.images_per_prompt) == (50, 5.0, 1.0, 1)
     assert s.batch_size * s.num_batches_per_epoch == 32  # per GPU, as PT-DDPO's 8-GPU runs
     # 2 optimizer steps per epoch, lr 3e-4, the whole chain trained
     assert (s.batch_size * s.num_batches_per_epoch) // (t.batch_size * t.gradient_accumulation_steps) == 2
@@ -89,12 +89,18 @@ def test_a_preset_sets_the_papers_run_on_top_and_the_command_line_wins():
     assert composed("experiment=demo").model.components._target_ == "rlft.models.build_offline"
 
 
-@pytest.mark.parametrize("model", ["toy", "tiny", "tiny_lora", "small", "sd14", "sd15"])
-def test_every_model_names_its_familys_policy_class(model):
-    from rlft.policy import Policy, policy_class
+@pytest.mark.parametrize(
+    "model,family,kernel",
+    [(m, "sd1.SD1Policy", "DDIMKernel") for m in ("toy", "tiny", "tiny_lora", "small", "sd14", "sd15")]
+    + [(m, "sd3.SD3Policy", "FlowGRPOKernel") for m in ("tiny_sd3", "sd3_5_medium")],
+)
+def test_every_model_names_its_familys_policy_class_and_brings_its_kernel(model, family, kernel):
+    from rlft.policy import policy_class
 
     cfg = composed(f"model={model}")
-    assert cfg.model.policy._target_ == "rlft.policy.Policy" and policy_class(cfg.model) is Policy
+    assert cfg.model.policy._target_ == f"rlft.families.{family}"
+    assert policy_class(cfg.model).__name__ == family.split(".")[1]
+    assert cfg.sample.kernel._target_ == f"rlft.kernels.{kernel}"
 
 
 def test_a_policy_class_that_is_not_there_is_one_line():
@@ -105,5 +111,5 @@ def test_a_policy_class_that_is_not_there_is_one_line():
 
     assert policy_class(OmegaConf.create({"components": {}})) is Policy  # a user's model config naming none
     for target in ("rlft.policy.Nope", "nopkg.Policy", "rlft.policy.policy_class"):
-        with pytest.raises(ConfigError, match=rf"^model\.policy\._target_={target}: no such class; .*rlft\.policy\.Policy"):
+        with pytest.raises(ConfigError, match=rf"^model\.policy\._target_={target}: no such policy class; .*SD1Policy"):
             policy_class(OmegaConf.create({"policy": {"_target_": target}}))

@@ -12,7 +12,6 @@ import torch
 from rlft.algorithms import GRPO
 from rlft.algorithms.base import EpochSamples
 from rlft.algorithms.grpo import gaussian_kl, group_advantages, training_rows
-from rlft.kernels.ddim import ddim_transition
 from rlft.prompts import FromFile
 from rlft.rewards import Brightness, RewardRunner
 from rlft.sampler import rollout
@@ -102,7 +101,6 @@ def sample(policy, images_per_prompt: int = 1, same_noise: bool = False, batch_s
         num_batches=2,
         num_steps=4,
         guidance_scale=5.0,
-        eta=1.0,
         stream=RandomStream(0),
         rng=random.Random(0),
         images_per_prompt=images_per_prompt,
@@ -118,7 +116,7 @@ def test_kl_step_loss_is_zero_and_ratio_one_before_an_update_then_the_closed_for
     policy = make_policy("tiny_lora")
     grpo = GRPO(kl_beta=0.5)
     step = training_batches(sample(policy), 3, 2, RandomStream(1))[0].column(0)
-    loss, info = grpo.step_loss(Learner(policy), step, 5.0, 1.0)
+    loss, info = grpo.step_loss(Learner(policy), step, 5.0)
     assert info["kl"].item() == 0.0 and loss.item() == info["policy_loss"].item()  # the LoRA starts as the base
     torch.testing.assert_close(info["ratio"], torch.tensor(1.0), rtol=0, atol=1e-5)
     loss.backward()  # the KL term's graph is whole
@@ -126,16 +124,17 @@ def test_kl_step_loss_is_zero_and_ratio_one_before_an_update_then_the_closed_for
         for name, param in policy.unet.named_parameters():
             if "lora_B" in name:
                 param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
-    _, info = grpo.step_loss(Learner(policy), step, 5.0, 1.0)
+    _, info = grpo.step_loss(Learner(policy), step, 5.0)
     with torch.no_grad():
         means = [
-            ddim_transition(
-                policy.scheduler,
-                policy.noise_prediction(step.latents, step.timesteps, step.prompt_embeds, 5.0, reference),
-                step.timesteps,
+            policy.transition(
                 step.latents,
-                1.0,
-                prev_sample=step.next_latents,
+                step.step_index,
+                step.schedule,
+                step.prompt_embeds,
+                5.0,
+                next_latents=step.next_latents,
+                reference=reference,
             )
             for reference in (False, True)
         ]

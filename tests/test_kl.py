@@ -98,18 +98,24 @@ def test_reference_policy_is_the_base_model(model):
     if model == "tiny_lora":
         assert policy.reference_unet is None  # no second copy: adapters are switched off instead
     generator = torch.Generator().manual_seed(0)
-    policy.scheduler.set_timesteps(4)
+    schedule = policy.schedule(4)
     x = torch.randn(2, *policy.latent_shape, generator=generator)
-    t = policy.scheduler.timesteps[:1].expand(2)
+    first = torch.zeros(2, dtype=torch.long)  # the first step of the chain
     embeds = policy.encode_prompts(["a cat", "a dog"])
+
+    def log_prob_of(action=None, reference=False):
+        noise = None if action is not None else RandomStream(1).normal(x.shape)
+        step = policy.transition(x, first, schedule, embeds, 5.0, noise=noise, next_latents=action, reference=reference)
+        return step.sample, step.log_prob
+
     with torch.no_grad():
-        action, log_prob = policy.step(x, t, embeds, 5.0, 1.0, stream=RandomStream(1))
-        _, reference = policy.step(x, t, embeds, 5.0, 1.0, next_latents=action, reference=True)
+        action, log_prob = log_prob_of()
+        _, reference = log_prob_of(action, reference=True)
         torch.testing.assert_close(reference, log_prob)
         for param in policy.trainable_parameters():
             param.add_(0.05 * torch.randn_like(param))
-        _, moved = policy.step(x, t, embeds, 5.0, 1.0, next_latents=action)
-        _, still = policy.step(x, t, embeds, 5.0, 1.0, next_latents=action, reference=True)
+        _, moved = log_prob_of(action)
+        _, still = log_prob_of(action, reference=True)
     assert not torch.allclose(moved, log_prob)
     torch.testing.assert_close(still, reference)
     assert make_policy(model).reference_unet is None  # no copy unless asked for

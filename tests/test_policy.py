@@ -31,7 +31,6 @@ def sample(policy: Policy, steps: int = 4, batches: int = 2, trajectory_dtype: t
         num_batches=batches,
         num_steps=steps,
         guidance_scale=5.0,
-        eta=1.0,
         stream=RandomStream(0),
         rng=random.Random(0),
         trajectory_dtype=trajectory_dtype,
@@ -48,7 +47,7 @@ def assert_ratio_one(policy: Policy, trajectories, num_timesteps: int = 4, atol:
     batch = training_batches(trajectories, 2, num_timesteps, RandomStream(1))[0]
     for j in range(num_timesteps):
         step = batch.column(j)
-        ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs)  # what the training loops call
+        ratio = torch.exp(rescore(policy, step, 5.0) - step.log_probs)  # what the training loops call
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=atol)
 
 
@@ -62,7 +61,7 @@ def test_importance_ratio_is_one_before_the_first_update(model):
 
     learner = type("Learner", (), {"policy": policy})()
     for step in [training_batches(trajectories, 2, 4, RandomStream(1))[0].column(j) for j in range(4)]:
-        _, info = GRPO(kl_beta=0.1).step_loss(learner, step, 5.0, 1.0)
+        _, info = GRPO(kl_beta=0.1).step_loss(learner, step, 5.0)
         torch.testing.assert_close(info["ratio"], torch.tensor(1.0), rtol=0, atol=1e-5)
         assert info["kl"].item() == 0.0  # the reference is the starting policy (a copy, or the LoRA's base)
 
@@ -72,7 +71,7 @@ def test_trajectory_shapes_and_chain():
     trajectories = sample(policy, steps=5, batches=2)
     assert trajectories.chain.shape == (6, 6, 4, 8, 8)
     assert trajectories.log_probs.shape == (6, 5)
-    assert trajectories.timesteps[0].tolist() == [801, 601, 401, 201, 1]
+    assert trajectories.schedule[0].tolist() == [801, 601, 401, 201, 1, -199]  # the last: the chain's end
     assert trajectories.images.shape == (6, 3, 32, 32)
     assert 0 <= trajectories.images.min() and trajectories.images.max() <= 1
     torch.testing.assert_close(trajectories.latents[:, 1:], trajectories.next_latents[:, :-1])
@@ -83,11 +82,12 @@ def test_training_batches_permute_time_jointly():
     trajectories = sample(policy, steps=4, batches=1)
     batches = training_batches(trajectories, batch_size=3, num_timesteps=2, stream=RandomStream(0))
     (batch,) = batches
-    assert batch.timesteps.shape == (3, 2)
+    assert batch.step_indices.shape == (3, 2)
     for i in range(3):
         source = next(k for k in range(3) if torch.equal(trajectories.prompt_embeds[k], batch.prompt_embeds[i]))
+        assert torch.equal(batch.schedule[i], trajectories.schedule[source])
         for j in range(2):
-            column = (trajectories.timesteps[source] == batch.timesteps[i, j]).nonzero().item()
+            column = batch.step_indices[i, j].item()
             torch.testing.assert_close(batch.latents[i, j], trajectories.latents[source, column])
             torch.testing.assert_close(batch.next_latents[i, j], trajectories.next_latents[source, column])
             assert batch.log_probs[i, j] == trajectories.log_probs[source, column]

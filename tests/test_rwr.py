@@ -1,7 +1,6 @@
 """RWR weights, sparse filtering and the weighted denoising loss (docs/algorithms.md#rwr-and-rwr-sparse)."""
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ import torch
 
 from rlft.algorithms import FilterAndFinetune, RewardWeightedRegression
 from rlft.algorithms.base import EpochSamples
-from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss, window_timesteps
+from rlft.algorithms.rwr import rwr_weights, top_percentile_weights, weighted_denoising_loss
+from rlft.families.sd1 import window_timesteps
 from rlft.streams import RandomStream
 from tests.test_policy import make_policy
 
@@ -63,11 +63,10 @@ def test_algorithms_return_weights_as_advantages():
 
 def test_weighted_denoising_loss_matches_a_hand_computation():
     policy = make_policy("tiny")
-    learner = SimpleNamespace(policy=policy)
     latents = torch.randn(3, 4, 8, 8)
     embeds = policy.encode_prompts(["a cat", "a dog", "a fox"])
     weights = torch.tensor([0.5, 0.0, 2.5])
-    loss = weighted_denoising_loss(learner, latents, embeds, weights, 5.0, RandomStream(3))
+    loss = weighted_denoising_loss(policy, latents, embeds, weights, 5.0, RandomStream(3))
 
     generator = torch.Generator().manual_seed(3)  # the same draws, by hand
     t = torch.randint(0, 1000, (3,), generator=generator)
@@ -87,11 +86,10 @@ def test_denoising_loss_targets_the_velocity_for_a_v_prediction_model():
 
     policy = make_policy("tiny")
     policy.scheduler = make_scheduler(prediction_type="v_prediction", rescale_betas_zero_snr=True)
-    learner = SimpleNamespace(policy=policy)
     latents = torch.randn(2, 4, 8, 8)
     embeds = policy.encode_prompts(["a cat", "a dog"])
     weights = torch.tensor([1.0, 3.0])
-    loss = weighted_denoising_loss(learner, latents, embeds, weights, 1.0, RandomStream(4))
+    loss = weighted_denoising_loss(policy, latents, embeds, weights, 1.0, RandomStream(4))
 
     generator = torch.Generator().manual_seed(4)
     t = torch.randint(0, 1000, (2,), generator=generator)
@@ -117,14 +115,6 @@ def test_the_loss_draws_its_timesteps_from_the_window():
     policy.unet.register_forward_pre_hook(lambda unet, args: seen.append(args[1].clone()))
     latents = torch.randn(64, 4, 8, 8)
     embeds = policy.encode_prompts(["a cat"]).expand(64, -1, -1)
-    weighted_denoising_loss(
-        SimpleNamespace(policy=policy),
-        latents,
-        embeds,
-        torch.ones(64),
-        1.0,
-        RandomStream(0),
-        range(600, 1000),
-    )
+    weighted_denoising_loss(policy, latents, embeds, torch.ones(64), 1.0, RandomStream(0), (0.0, 0.4))
     drawn = torch.cat(seen)
     assert drawn.min() >= 600 and drawn.max() <= 999 and drawn.unique().numel() > 30

@@ -142,7 +142,7 @@ def test_exported_lora_loads_back_into_a_diffusers_pipeline(tmp_path):
     kwargs = {"encoder_hidden_states": cond.hidden_states, "pooled_projections": cond.pooled, "return_dict": False}
     with torch.no_grad():
         trained = policy.transformer(hidden_states=x, timestep=t, **kwargs)[0]
-        with policy._weights(reference=True) as base:
+        with policy.weights(reference=True) as base:
             base_out = base(hidden_states=x, timestep=t, **kwargs)[0]
         assert torch.equal(pipe.transformer(hidden_states=x, timestep=t, **kwargs)[0], base_out)
         pipe.load_lora_weights(out / "lora")

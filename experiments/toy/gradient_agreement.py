@@ -50,7 +50,7 @@ def gradients(
     runner = RewardRunner({"train": ToyReward(reward)})
     trajectories = rollout(
         policy, ToyPrompts(), runner, batch_size=64, num_batches=samples // 64, num_steps=steps, guidance_scale=guidance,
-        eta=1.0, stream=RandomStream(seed), rng=random.Random(seed), images_per_prompt=GROUP,
+        stream=RandomStream(seed), rng=random.Random(seed), images_per_prompt=GROUP,
     )  # fmt: skip
     rewards = runner.collect()["train"].numpy()
     advantages = PerPromptStatTracker(16, GROUP).update(trajectories.prompts, rewards)

@@ -18,6 +18,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from rlft.kernels import DDIMKernel
 from rlft.policy import Policy
 from rlft.rewards.base import to_uint8
 from rlft.streams import RandomStream
@@ -37,20 +38,22 @@ ASPECTS = {
 @torch.no_grad()
 def main() -> None:
     path, *settings = sys.argv[1:]
-    policy = Policy(load_toy(None if path == "-" else path), None)
+    components = load_toy(None if path == "-" else path)
     source, rng = ToyPrompts(), random.Random(0)
     chosen = [rng.randrange(len(source.prompts)) for _ in range(PROMPTS)]
     prompts = [source.prompts[i] for i in chosen for _ in range(IMAGES)]
     labels = [source.labels[i] for i in chosen for _ in range(IMAGES)]
-    embeds = policy.encode_prompts(prompts)
+    embeds = Policy(components, None).encode_prompts(prompts)
     for setting in settings:
         steps, guidance, *rest = setting.split(",")
         steps, guidance, eta = int(steps), float(guidance), float(rest[0]) if rest else 1.0
-        policy.scheduler.set_timesteps(steps)
+        policy = Policy(components, None, kernel=DDIMKernel(eta))
+        schedule = policy.schedule(steps)
         stream = RandomStream(0)
         x = stream.normal((len(prompts), *policy.latent_shape))
-        for t in policy.scheduler.timesteps:
-            x, _ = policy.step(x, t.expand(len(x)), embeds, guidance, eta, stream=stream)
+        for j in range(steps):
+            index = torch.full((len(x),), j)
+            x = policy.transition(x, index, schedule, embeds, guidance, noise=stream.normal(x.shape)).sample
         reads = [read_scene(image) for image in to_uint8(policy.decode(x))]
         parts = []
         for aspect, right in ASPECTS.items():

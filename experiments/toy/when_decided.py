@@ -32,19 +32,23 @@ def main() -> None:
     ]
     rng = random.Random(0)
     embeds = policy.encode_prompts([squares[rng.randrange(len(squares))] for _ in range(CHAINS)])
-    scheduler = policy.scheduler
-    scheduler.set_timesteps(10)
+    schedule = policy.schedule(10)
+
+    def step(x, j, embeds, stream):
+        index = torch.full((len(x),), j)
+        return policy.transition(x, index, schedule, embeds, 5.0, noise=stream.normal(x.shape)).sample
+
     stream = RandomStream(0)
     x = stream.normal((CHAINS, *policy.latent_shape))
     states = [x]
-    for t in scheduler.timesteps:
-        x, _ = policy.step(x, t.expand(CHAINS), embeds, 5.0, 1.0, stream=stream)
+    for j in range(10):
+        x = step(x, j, embeds, stream)
         states.append(x)
     for k in range(0, 10, 2):
         x = states[k].repeat(BRANCHES, 1, 1, 1)
         branch_stream = RandomStream(100 + k)
-        for t in scheduler.timesteps[k:]:
-            x, _ = policy.step(x, t.expand(len(x)), embeds.repeat(BRANCHES, 1, 1), 5.0, 1.0, stream=branch_stream)
+        for j in range(k, 10):
+            x = step(x, j, embeds.repeat(BRANCHES, 1, 1), branch_stream)
         read = [read_scene(image)[0] == "square" for image in to_uint8(policy.decode(x))]
         success = np.asarray(read, dtype=float).reshape(BRANCHES, CHAINS).mean(0)
         print(

@@ -11,7 +11,9 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from rlft.policy import Policy
+from rlft.errors import ConfigError
+from rlft.families.base import DiffusionPolicy
+from rlft.kernels.choice import Kernel
 from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories
 
@@ -19,7 +21,7 @@ from rlft.trajectories import Trajectories
 class Learner(Protocol):
     """The training side of the RL module: the policy, the config and the optimizers."""
 
-    policy: Policy
+    policy: DiffusionPolicy
     cfg: DictConfig
     current_epoch: int
 
@@ -66,6 +68,17 @@ class Algorithm:
     trains_against_reference: bool = False
     #: the metrics of `optimize` that the epoch's console line shows, when the epoch measured them
     console_metrics: tuple[str, ...] = ("loss",)
+    #: whether training uses the kernel's log-probs (policy gradients): a deterministic kernel has none
+    needs_log_probs: bool = True
+
+    def check_kernel(self, kernel: Kernel) -> None:
+        """Refuse, in one line, a kernel whose steps this algorithm cannot train on."""
+        if self.needs_log_probs and not kernel.has_density:
+            raise ConfigError(
+                f"sample.kernel={kernel}: {type(self).__name__} trains on the log-probs of stochastic steps "
+                "and this kernel's are deterministic; pick a stochastic kernel (a noise level or eta > 0) "
+                "or algorithm=rwr, which trains on the family's denoising loss"
+            )
 
     def advantages(self, samples: EpochSamples) -> Targets:
         raise NotImplementedError

@@ -51,7 +51,7 @@ def score_function_loss(
     return -(advantages * log_prob).mean(), metrics
 
 
-StepLoss = Callable[[Learner, TimestepBatch, float, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+StepLoss = Callable[[Learner, TimestepBatch, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def clipped_epochs(
@@ -73,7 +73,7 @@ def clipped_epochs(
             window = min(accumulation, num_minibatches - index // accumulation * accumulation)
             steps_after = (index + 1) % accumulation == 0 or index == num_minibatches - 1
             for j in range(num_timesteps):
-                loss, info = step_loss(learner, batch.column(j), guidance, s.eta)
+                loss, info = step_loss(learner, batch.column(j), guidance)
                 # The update direction is the mean over samples x timesteps of an accumulation window.
                 learner.backpropagate(
                     loss / (window * num_timesteps), synchronize=steps_after and j == num_timesteps - 1
@@ -130,10 +130,10 @@ class DDPO(Algorithm):
         return learner.cfg.train.gradient_accumulation_steps
 
     def step_loss(
-        self, learner: Learner, step: TimestepBatch, guidance_scale: float, eta: float
+        self, learner: Learner, step: TimestepBatch, guidance_scale: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-step's loss: the current policy re-scores the stored actions of a timestep column."""
-        return self.loss(rescore(learner.policy, step, guidance_scale, eta), step.log_probs, step.advantages)
+        return self.loss(rescore(learner.policy, step, guidance_scale), step.log_probs, step.advantages)
 
     def optimize(self, learner: Learner, trajectories: Trajectories, stream: RandomStream) -> dict[str, float]:
         num_minibatches = len(trajectories) // learner.cfg.train.batch_size

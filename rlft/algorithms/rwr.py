@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rlft.algorithms.base import Algorithm, EpochSamples, Learner, MetricMeans, Targets
-from rlft.ddim import denoising_target
+from rlft.families.base import Conditioning, DiffusionPolicy
 from rlft.streams import RandomStream
 from rlft.trajectories import Trajectories
 
@@ -44,44 +44,29 @@ def top_percentile_weights(rewards: np.ndarray, percentile: float) -> np.ndarray
     return (rewards >= np.percentile(rewards, percentile)).astype(np.float64)
 
 
-def window_timesteps(num_train_timesteps: int, window: tuple[float, float]) -> range:
-    """The training timesteps that `train.timestep_window` (fractions of the sampling chain from its
-    first, pure-noise step) covers: its noise levels, t from T(1 - stop) to T(1 - start). The whole
-    chain [0, 1] is every t, as the reference's RWR draws them."""
-    start = round(num_train_timesteps * (1 - window[1]))
-    stop = max(round(num_train_timesteps * (1 - window[0])), start + 1)
-    return range(start, stop)
-
-
 def weighted_denoising_loss(
-    learner: Learner,
+    policy: DiffusionPolicy,
     latents: torch.Tensor,
-    prompt_embeds: torch.Tensor,
+    conditioning: Conditioning,
     weights: torch.Tensor,
     guidance_scale: float,
     stream: RandomStream,
-    timesteps_from: range | None = None,
+    window: tuple[float, float] = (0.0, 1.0),
     normalizer: float | None = None,
 ) -> torch.Tensor:
-    """sum_i w_i * mean_(C,H,W) (eps - eps_hat(x_t, t))^2 / normalizer (by default the batch size: the
-    mean over the batch) with t ~ U{0..999} (or `timesteps_from`) and the DDPM forward process
-    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps (docs/algorithms.md#the-weighted-denoising-loss); eps_hat is
-    the guided prediction. For a v-prediction model the target is v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 instead."""
-    scheduler = learner.policy.scheduler
-    batch = latents.shape[0]
-    drawn = range(scheduler.config.num_train_timesteps) if timesteps_from is None else timesteps_from
-    timesteps = stream.integers(drawn.start, drawn.stop, (batch,), latents.device)
-    noise = stream.normal(latents.shape, latents.device)
-    noisy = scheduler.add_noise(latents.float(), noise, timesteps)
-    predicted = learner.policy.predict_noise(noisy, timesteps, prompt_embeds, guidance_scale).float()
-    target = denoising_target(scheduler, latents.float(), noise, timesteps)
-    per_sample = ((predicted - target) ** 2).mean(dim=tuple(range(1, noise.ndim)))
-    return (weights * per_sample).sum() / (batch if normalizer is None else normalizer)
+    """sum_i w_i * L_i / normalizer (by default the batch size: the mean over the batch), L_i the
+    family's own denoising loss of sample i (SD 1.x: the DDPM noise or velocity regression; SD3:
+    flow matching's) at noise levels drawn from `window`'s part of the chain
+    (docs/algorithms.md#the-weighted-denoising-loss)."""
+    per_sample = policy.denoising_loss(latents, conditioning, guidance_scale, stream, window)
+    return (weights * per_sample).sum() / (len(latents) if normalizer is None else normalizer)
 
 
 class RewardWeightedRegression(Algorithm):
     """RWR: exponentiated-reward weights; `temperature` is the inverse temperature beta
-    (docs/algorithms.md#rwr-weights)."""
+    (docs/algorithms.md#rwr-weights). It trains on final samples only, so any kernel samples them."""
+
+    needs_log_probs = False
 
     def __init__(self, temperature: float = 0.2, per_prompt_weights: bool = False):
         self.beta = temperature
@@ -104,7 +89,7 @@ class RewardWeightedRegression(Algorithm):
         over every rank's samples of that minibatch (on one process: the minibatch's mean)."""
         t = learner.cfg.train
         guidance = learner.cfg.sample.guidance_scale if t.cfg else 1.0
-        timesteps_from = window_timesteps(learner.policy.scheduler.config.num_train_timesteps, t.timestep_window)
+        window = tuple(t.timestep_window)
         final_latents = trajectories.chain[:, -1]
         weights = trajectories.advantages
         kept = weights.nonzero().squeeze(-1)
@@ -122,13 +107,13 @@ class RewardWeightedRegression(Algorithm):
                     rows, sample_weights = rows.new_zeros(1), weights.new_zeros(1)
                 in_minibatch = (counts - index * t.batch_size).clamp(0, t.batch_size).sum().item()
                 loss = weighted_denoising_loss(
-                    learner,
+                    learner.policy,
                     final_latents[rows],
                     trajectories.prompt_embeds[rows],
                     sample_weights,
                     guidance,
                     stream,
-                    timesteps_from,
+                    window,
                     normalizer=in_minibatch / len(counts),  # x ranks: undoes DDP's mean over ranks
                 )
                 # the mean over this accumulation window's minibatches (the last window may be short)

@@ -194,7 +194,7 @@ class TDPO(Algorithm):
             for j in range(num_timesteps):
                 for batch in batches:
                     step = batch.column(j)
-                    log_prob = rescore(learner.policy, step, guidance, s.eta)
+                    log_prob = rescore(learner.policy, step, guidance)
                     pg_loss, info = clipped_policy_loss(log_prob, step.log_probs, step.advantages, self.clip_range)
                     with torch.autocast(log_prob.device.type, enabled=False):  # the critic trains in fp32
                         values = self.critic(step.state_features)

@@ -11,7 +11,6 @@ policy and the pipeline compute the same thing (tests/test_sd3.py compares their
 
 from __future__ import annotations
 
-import copy
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-from peft import LoraConfig
+from omegaconf import OmegaConf
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 from transformers import (
@@ -31,11 +30,13 @@ from transformers import (
     T5Tokenizer,
 )
 
+from rlft.families.base import DiffusionPolicy
 from rlft.families.conditioning import TextConditioning
-from rlft.kernels import Transition, euler_transition, flow_grpo_transition
-from rlft.kernels.flow_sde import FLOW_GRPO_NOISE_LEVEL
+from rlft.families.sd1 import window_timesteps
+from rlft.kernels import Transition, euler_transition
+from rlft.kernels.choice import FlowGRPOKernel, Kernel
 from rlft.models import character_tokenizer, pipeline_source
-from rlft.policy import DTYPES, network_weights
+from rlft.streams import RandomStream
 
 SD3_HUB_ID = "stabilityai/stable-diffusion-3.5-medium"
 SD3_SUBFOLDERS = (
@@ -111,13 +112,14 @@ def _tiny_clip(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
     )
 
 
-def build_tiny_sd3(seed: int = 0, t5: bool = False) -> SD3Components:
-    """An SD3-shaped model with random weights in diffusers' test shapes (32x32 latents, one joint
-    block), identical for a given seed; with `t5` a tiny T5 encoder too, else none (zeros)."""
+def build_tiny_sd3(seed: int = 0, t5: bool = False, sample_size: int = 32) -> SD3Components:
+    """An SD3-shaped model with random weights in diffusers' test shapes (one joint block, a VAE that
+    keeps the latents' size), identical for a given seed; `sample_size` x `sample_size` latents and
+    images (diffusers' tests: 32); with `t5` a tiny T5 encoder too, else none (zeros)."""
     with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
         torch.manual_seed(seed)
         transformer = SD3Transformer2DModel(
-            sample_size=32,
+            sample_size=sample_size,
             patch_size=1,
             in_channels=4,
             num_layers=1,
@@ -148,7 +150,7 @@ def build_tiny_sd3(seed: int = 0, t5: bool = False) -> SD3Components:
                 )
             )
         vae = AutoencoderKL(
-            sample_size=32,
+            sample_size=sample_size,
             in_channels=3,
             out_channels=3,
             block_out_channels=(4,),
@@ -196,10 +198,14 @@ def load_sd3(
     )  # fmt: skip
 
 
-class SD3Policy(nn.Module):
+class SD3Policy(DiffusionPolicy):
     """The flow-matching family's policy: the SD3 transformer's guided velocity, stepped by a flow
-    kernel. The methods mirror rlft.policy.Policy's (SD 1.x), with a sigma schedule in place of
-    DDIM timesteps and a TextConditioning in place of a hidden-state tensor."""
+    kernel along the scheduler's sigma schedule, on a TextConditioning (joint sequence and pooled
+    projections)."""
+
+    denoiser_name = "transformer"
+    parametrisation = "flow"
+    family = "SD3"
 
     def __init__(
         self,
@@ -208,10 +214,18 @@ class SD3Policy(nn.Module):
         frozen_dtype: str = "float32",
         keep_reference: bool = False,
         max_sequence_length: int = T5_MAX_LENGTH,
+        kernel: Kernel | None = None,
+        compile_unet: bool | dict = False,
+        channels_last: bool = False,
+        gradient_checkpointing: bool = False,
     ):
         """`lora`: peft LoraConfig arguments for the transformer (None: fine-tune all of it);
         `keep_reference`: with full fine-tuning, keep a frozen copy as the reference policy (with
-        LoRA the reference is the same transformer with its adapters disabled)."""
+        LoRA the reference is the same transformer with its adapters disabled); `kernel`: a flow
+        kernel, Flow-GRPO's SDE (noise level 0.7) by default; `max_sequence_length`: T5's (and, without
+        T5, the zeros') share of the joint sequence. Speed options as SD 1.x's: `compile_unet`
+        compiles the transformer in place, `gradient_checkpointing` recomputes its blocks in backward;
+        `channels_last` has nothing to act on in a transformer (its inputs are token sequences)."""
         super().__init__()
         self.transformer = components.transformer
         self.vae = components.vae
@@ -221,25 +235,22 @@ class SD3Policy(nn.Module):
         self.scheduler = components.scheduler
         self.source = components.source
         self.max_sequence_length = max_sequence_length
-        self.lora_config = None if lora is None else dict(lora)
-
-        dtype = DTYPES[frozen_dtype]
-        for frozen in (self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3):
-            if frozen is not None:
-                frozen.requires_grad_(False).to(dtype).eval()
-        self.reference_transformer = None
-        if keep_reference and self.lora_config is None:
-            self.reference_transformer = copy.deepcopy(self.transformer).requires_grad_(False).to(dtype).eval()
-        if self.lora_config is not None:
-            self.transformer.requires_grad_(False).to(dtype)
-            self.transformer.add_adapter(LoraConfig(**self.lora_config))
-            for param in self.transformer.parameters():
-                if param.requires_grad:  # trainable weights stay float32 whatever the frozen dtype
-                    param.data = param.data.float()
-        self.transformer.eval()
+        self.kernel = self.check_kernel(FlowGRPOKernel() if kernel is None else kernel)
+        if lora is not None and not isinstance(lora, dict):  # a DictConfig from the run's config
+            lora = OmegaConf.to_container(OmegaConf.create(lora), resolve=True)
+        encoders = [self.vae, self.text_encoder, self.text_encoder_2, self.text_encoder_3]
+        self.setup_weights(encoders, lora, frozen_dtype, keep_reference)
+        if gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        if compile_unet:
+            self.transformer.compile(**(compile_unet if isinstance(compile_unet, dict) else {}))
         negative = self.encode_prompts([""])
         self.register_buffer("negative_hidden_states", negative.hidden_states, persistent=False)
         self.register_buffer("negative_pooled", negative.pooled, persistent=False)
+
+    @property
+    def reference_transformer(self) -> nn.Module | None:
+        return self.reference_denoiser
 
     # -- text -------------------------------------------------------------------------------
     def _clip(self, prompts: list[str], tokenizer: CLIPTokenizer, encoder: nn.Module):
@@ -306,20 +317,21 @@ class SD3Policy(nn.Module):
         scheduler.set_timesteps(num_steps, device=device, **kwargs)
         return scheduler.sigmas
 
+    def schedule(self, num_steps: int) -> torch.Tensor:
+        return self.sigmas(num_steps)
+
     # -- the policy's action ------------------------------------------------------------------
-    def velocity(
+    def velocity_at(
         self,
         latents: torch.Tensor,
-        step_index: int | torch.Tensor,
-        sigmas: torch.Tensor,
+        sigma: torch.Tensor,
         conditioning: TextConditioning,
         guidance_scale: float,
         reference: bool = False,
     ) -> torch.Tensor:
-        """The guided velocity at noise level sigmas[step_index] (an int, or (B,) indices for
-        per-sample steps), in the transformer's dtype: one call on [unconditional; conditional]."""
-        sigma = sigmas[step_index]
-        with self._weights(reference) as transformer:
+        """The guided velocity at noise level `sigma` (0-d or (B,)), in the transformer's dtype: one
+        call on [unconditional; conditional]."""
+        with self.weights(reference) as transformer:
             dtype = next(transformer.parameters()).dtype
             timestep = (sigma * self.scheduler.config.num_train_timesteps).expand(len(latents))
             latents = latents.to(dtype)
@@ -340,6 +352,40 @@ class SD3Policy(nn.Module):
             return uncond + guidance_scale * (cond - uncond)
         return out
 
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        step_index: int | torch.Tensor,
+        sigmas: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """The guided velocity at noise level sigmas[step_index] (an int, or (B,) indices)."""
+        return self.velocity_at(latents, sigmas[step_index], conditioning, guidance_scale, reference)
+
+    def transition(
+        self,
+        latents: torch.Tensor,
+        step_index: int | torch.Tensor,
+        schedule: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        *,
+        noise: torch.Tensor | None = None,
+        next_latents: torch.Tensor | None = None,
+        reference: bool = False,
+    ) -> Transition:
+        """The configured kernel's step from level j = `step_index` (an int or (B,)) of `schedule`
+        ((T + 1,) or (B, T + 1) sigmas) to level j + 1."""
+        if schedule.ndim == 1:
+            sigma, sigma_next = schedule[step_index], schedule[torch.as_tensor(step_index) + 1]
+        else:
+            index = torch.as_tensor(step_index, device=schedule.device).reshape(-1, 1).expand(len(schedule), 1)
+            sigma, sigma_next = schedule.gather(1, index).squeeze(1), schedule.gather(1, index + 1).squeeze(1)
+        velocity = self.velocity_at(latents, sigma, conditioning, guidance_scale, reference)
+        return self.kernel(latents, velocity, sigma, sigma_next, schedule, noise, next_latents)
+
     def step(
         self,
         latents: torch.Tensor,
@@ -349,22 +395,14 @@ class SD3Policy(nn.Module):
         guidance_scale: float,
         noise: torch.Tensor | None = None,
         prev_sample: torch.Tensor | None = None,
-        noise_level: float = FLOW_GRPO_NOISE_LEVEL,
         reference: bool = False,
     ) -> Transition:
-        """Flow-GRPO's SDE step from sigmas[step_index] to the next level: draws the action with
-        `noise` (standard normal, from a RandomStream) or scores the stored `prev_sample`."""
-        velocity = self.velocity(latents, step_index, sigmas, conditioning, guidance_scale, reference)
-        return flow_grpo_transition(
-            latents,
-            velocity,
-            sigmas[step_index],
-            sigmas[step_index + 1],
-            sigma_1=sigmas[1],
-            noise_level=noise_level,
-            noise=noise,
-            prev_sample=prev_sample,
-        )
+        """`transition` with the diffusers-style argument names: draws the action with `noise`
+        (standard normal, from a RandomStream) or scores the stored `prev_sample`."""
+        return self.transition(
+            latents, step_index, sigmas, conditioning, guidance_scale, noise=noise, next_latents=prev_sample,
+            reference=reference,
+        )  # fmt: skip
 
     def ode_step(
         self,
@@ -379,58 +417,44 @@ class SD3Policy(nn.Module):
         velocity = self.velocity(latents, step_index, sigmas, conditioning, guidance_scale, reference)
         return euler_transition(latents, velocity, sigmas[step_index], sigmas[step_index + 1])
 
-    def _weights(self, reference: bool):
-        return network_weights(self.transformer, self.reference_transformer, self.lora_config is not None, reference)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to images in [0, 1], float32 (B, 3, H, W): unscale, unshift, then the VAE."""
-        config = self.vae.config
-        unscaled = latents.to(self.vae.dtype) / config.scaling_factor + config.shift_factor
-        images = self.vae.decode(unscaled).sample.float()
-        return (images / 2 + 0.5).clamp(0, 1)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        size = self.transformer.config.sample_size
-        return (self.transformer.config.in_channels, size, size)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.transformer.parameters() if p.requires_grad]
+    # -- the family's denoising loss --------------------------------------------------------------
+    def denoising_loss(
+        self,
+        latents: torch.Tensor,
+        conditioning: TextConditioning,
+        guidance_scale: float,
+        stream: RandomStream,
+        window: tuple[float, float],
+    ) -> torch.Tensor:
+        """Flow matching's loss per sample: mean over (C, H, W) of (eps - x0 - v(x_s, s))^2 on
+        x_s = (1 - s) x0 + s eps, eps ~ N(0, I), with s = shift u / (1 + (shift - 1) u) for u = t / 1000
+        and t drawn uniformly from the window's training timesteps (1..1000 for the whole chain): the
+        scheduler's own shifted levels, as its sampler spaces them
+        (docs/algorithms.md#the-flow-matching-denoising-loss)."""
+        total = self.scheduler.config.num_train_timesteps
+        drawn = window_timesteps(total, window)
+        t = stream.integers(drawn.start, drawn.stop, (len(latents),), latents.device)
+        u = (t.float() + 1) / total  # in (0, 1]: s = 0 (the clean image) is not a training level
+        shift = float(self.scheduler.config.get("shift", 1.0))
+        sigma = shift * u / (1 + (shift - 1) * u)
+        noise = stream.normal(latents.shape, latents.device)
+        x0 = latents.float()
+        s = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+        noisy = (1 - s) * x0 + s * noise
+        predicted = self.velocity_at(noisy, sigma, conditioning, guidance_scale).float()
+        return ((predicted - (noise - x0)) ** 2).mean(dim=tuple(range(1, x0.ndim)))
 
     # -- export -----------------------------------------------------------------------------
     def pipeline(self) -> StableDiffusion3Pipeline:
         return sd3_pipeline(self)
 
-    def export(self, directory: str | Path) -> Path:
-        """Write the trained weights in diffusers' format; returns the directory.
-
-        LoRA: `lora/pytorch_lora_weights.safetensors` with its adapter config (rank, alpha) as
-        metadata (load with StableDiffusion3Pipeline.load_lora_weights), and for a model built
-        offline the base pipeline in `base/`. Full fine-tuning: the whole pipeline in `pipeline/`.
-        A pipeline without T5 is saved without it: load it with `text_encoder_3=None, tokenizer_3=None`.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.lora_config is None:
-            self.pipeline().save_pretrained(directory / "pipeline", safe_serialization=True)
-            return directory
+    def save_lora(self, directory: Path) -> None:
+        """diffusers' SD3 LoRA format with the adapter config (rank, alpha) as metadata (load with
+        StableDiffusion3Pipeline.load_lora_weights). A pipeline without T5 is saved without it: load
+        it with `text_encoder_3=None, tokenizer_3=None`."""
         StableDiffusion3Pipeline.save_lora_weights(
-            directory / "lora",
+            directory,
             transformer_lora_layers=get_peft_model_state_dict(self.transformer),
             transformer_lora_adapter_metadata=self.transformer.peft_config["default"].to_dict(),
             safe_serialization=True,
         )
-        if self.source is None:
-            self._save_base_pipeline(directory / "base")
-        (directory / "BASE_MODEL.txt").write_text((self.source or str(directory / "base")) + "\n")
-        return directory
-
-    def _save_base_pipeline(self, directory: Path) -> None:
-        """Save the pipeline without the adapters (a fresh transformer with the base weights)."""
-        base = SD3Transformer2DModel.from_config(self.transformer.config)
-        state = {k.replace(".base_layer", ""): v for k, v in self.transformer.state_dict().items() if "lora_" not in k}
-        base.load_state_dict(state)
-        pipe = self.pipeline()
-        pipe.transformer = base.to(torch.float32)
-        pipe.save_pretrained(directory, safe_serialization=True)

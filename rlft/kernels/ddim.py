@@ -35,8 +35,14 @@ def ddim_transition(
     eta: float,
     prev_sample: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    prev_timestep: torch.Tensor | int | None = None,
 ) -> Transition:
     """One DDIM step x_t -> x_{t-1}: the action, log pi(x_{t-1} | x_t) per sample (B,), mean, std.
+
+    `prev_timestep` is the step's target timestep (per sample, or one for all; below 0 for the
+    chain's end). Given, the step depends only on the two timesteps and the noise schedule, so that a
+    stored trajectory is re-scored whatever the scheduler was last set to; without it, it is
+    t - num_train_timesteps // num_inference_steps, from `scheduler.set_timesteps`.
 
     Either `noise` (standard normal, the sample's shape) draws the action x_{t-1} = mean + std * noise
     (sampling), or `prev_sample` is the action to score (training). The kernel draws nothing itself:
@@ -46,13 +52,15 @@ def ddim_transition(
     it at SIGMA_FLOOR (eta = 0 still gets a finite, if meaningless, log-prob, as before).
     """
     check_either(noise, prev_sample)
-    if scheduler.num_inference_steps is None:
-        raise ValueError("call scheduler.set_timesteps(num_steps) before stepping")
-
     batch = sample.shape[0]
     device = sample.device
     t = torch.as_tensor(timestep, device=device).long().reshape(-1).expand(batch)
-    prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    if prev_timestep is None:
+        if scheduler.num_inference_steps is None:
+            raise ValueError("call scheduler.set_timesteps(num_steps) before stepping, or give prev_timestep")
+        prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    else:
+        prev_t = torch.as_tensor(prev_timestep, device=device).long().reshape(-1).expand(batch)
 
     alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     final_alpha = torch.as_tensor(scheduler.final_alpha_cumprod, device=device, dtype=torch.float32)

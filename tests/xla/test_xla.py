@@ -68,7 +68,7 @@ def test_importance_ratio_is_one_on_xla():
     batch = training_batches(trajectories, batch_size=2, num_timesteps=4, stream=RandomStream(1))[0]
     for j in range(4):
         step = batch.column(j)
-        ratio = torch.exp(rescore(policy, step, 5.0, 1.0) - step.log_probs).cpu()
+        ratio = torch.exp(rescore(policy, step, 5.0) - step.log_probs).cpu()
         torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-5)
 
 
