@@ -156,27 +156,72 @@ def _rewards_section(record: RunRecord, reward: str) -> list[str]:
     return lines
 
 
+@dataclass
+class FamilyUse:
+    """How the card's example loads and calls a model family's pipeline."""
+
+    pipeline: str = "DiffusionPipeline"  # the diffusers class the example loads with
+    denoiser: str = "UNet"  # the network trained, for "full fine-tuning of the ..."
+    load_kwargs: str = ""  # from_pretrained's extra arguments, e.g. ", text_encoder_3=None"
+    call_kwargs: str = ""  # the generation call's, e.g. ", height=512, width=512"
+
+
+def family_use(config: dict) -> FamilyUse:
+    """The card's example for the run's model family (model.policy._target_): SD 1.x's pipeline as
+    DiffusionPipeline resolves it; SD3's as StableDiffusion3Pipeline with the run's T5 choice, image
+    size, T5 sequence length and guidance, so that the example samples what the run trained."""
+    from omegaconf import OmegaConf
+
+    from rlft.policy import policy_class
+
+    model = config.get("model", {})
+    try:
+        family = policy_class(OmegaConf.create(model))
+    except RlftError:  # a family this rlft does not have: the generic loader
+        return FamilyUse()
+    if family.family != "SD3":
+        return FamilyUse(denoiser={"unet": "UNet"}.get(family.denoiser_name, family.denoiser_name))
+    options = model.get("policy", {})
+    load = "" if model.get("components", {}).get("t5", True) else ", text_encoder_3=None, tokenizer_3=None"
+    call = []
+    if options.get("resolution") is not None:
+        call.append(f"height={options['resolution']}, width={options['resolution']}")
+    length = options.get("max_sequence_length")
+    if length is not None and length != 256:  # the pipeline's default; without T5 it sizes the zeros too
+        call.append(f"max_sequence_length={length}")
+    guidance = config.get("sample", {}).get("guidance_scale")
+    if guidance is not None:
+        call.append(f"guidance_scale={guidance}")
+    return FamilyUse("StableDiffusion3Pipeline", "transformer", load, "".join(f", {c}" for c in call))
+
+
 def _loading_snippet(
-    directory: Path, lora: bool, base_id: str | None, source: str | None, repo_id: str | None, prompt: str
+    directory: Path,
+    lora: bool,
+    base_id: str | None,
+    source: str | None,
+    repo_id: str | None,
+    prompt: str,
+    use: FamilyUse | None = None,
 ) -> list[str]:
-    lines = ["```python", "from diffusers import DiffusionPipeline"]
+    use = use or FamilyUse()
+    cls, kwargs = use.pipeline, use.load_kwargs
+    lines = ["```python", f"from diffusers import {cls}"]
     if repo_id is not None:
         lines += ["from huggingface_hub import snapshot_download", "", f'path = snapshot_download("{repo_id}")']
     else:
         lines += ["", f"path = {str(directory.resolve())!r}  # this export"]
     if not lora:
-        lines.append('pipe = DiffusionPipeline.from_pretrained(f"{path}/pipeline")')
+        lines.append(f'pipe = {cls}.from_pretrained(f"{{path}}/pipeline"{kwargs})')
     elif base_id is not None:
-        lines.append(f'pipe = DiffusionPipeline.from_pretrained("{base_id}")')
+        lines.append(f'pipe = {cls}.from_pretrained("{base_id}"{kwargs})')
     elif (directory / "base").is_dir():
-        lines.append(
-            'pipe = DiffusionPipeline.from_pretrained(f"{path}/base")  # the base model, saved with the export'
-        )
+        lines.append(f'pipe = {cls}.from_pretrained(f"{{path}}/base"{kwargs})  # the base model, saved with the export')
     else:  # a local base pipeline that only this machine has (BASE_MODEL.txt names it)
-        lines.append(f"pipe = DiffusionPipeline.from_pretrained({str(source)!r})  # the base model")
+        lines.append(f"pipe = {cls}.from_pretrained({str(source)!r}{kwargs})  # the base model")
     if lora:
         lines.append('pipe.load_lora_weights(f"{path}/lora")')
-    lines += [f"image = pipe({prompt!r}).images[0]", "```"]
+    lines += [f"image = pipe({prompt!r}{use.call_kwargs}).images[0]", "```"]
     return lines
 
 
@@ -211,6 +256,7 @@ def model_card(record: RunRecord, directory: Path, source: str | None, repo_id: 
     lora = lora_config is not None
     base_id = base_model_id(config, source)
     choices = _choices(record.run_dir)
+    use = family_use(config)
     algorithm, algorithm_class = _component(config, "algorithm", choices)
     reward, reward_class = _component(config, "reward", choices)
     prompts, prompt_class = _component(config, "prompt", choices)
@@ -234,7 +280,7 @@ def model_card(record: RunRecord, directory: Path, source: str | None, repo_id: 
         targets = f"`{targets}`" if isinstance(targets, str) else ", ".join(map(str, targets))
         how = f"LoRA (rank {lora_config.get('r')} on {targets})"
     else:
-        how = "full fine-tuning of the UNet"
+        how = f"full fine-tuning of the {use.denoiser}"
     total = config.get("epochs")
     epochs = f"{record.epochs_trained}" + (f" of the run's {total}" if total and total != record.epochs_trained else "")
     if record.checkpoint is not None:
@@ -267,7 +313,7 @@ def model_card(record: RunRecord, directory: Path, source: str | None, repo_id: 
         "",
         "## Use with diffusers",
         "",
-        *_loading_snippet(directory, lora, base_id, source, repo_id, _a_prompt(config)),
+        *_loading_snippet(directory, lora, base_id, source, repo_id, _a_prompt(config), use),
         "",
         "## Reproduce",
         "",

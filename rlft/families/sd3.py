@@ -30,6 +30,7 @@ from transformers import (
     T5Tokenizer,
 )
 
+from rlft.errors import ConfigError
 from rlft.families.base import DiffusionPolicy
 from rlft.families.conditioning import TextConditioning
 from rlft.families.sd1 import window_timesteps
@@ -214,6 +215,7 @@ class SD3Policy(DiffusionPolicy):
         frozen_dtype: str = "float32",
         keep_reference: bool = False,
         max_sequence_length: int = T5_MAX_LENGTH,
+        resolution: int | None = None,
         kernel: Kernel | None = None,
         compile_unet: bool | dict = False,
         channels_last: bool = False,
@@ -223,9 +225,12 @@ class SD3Policy(DiffusionPolicy):
         `keep_reference`: with full fine-tuning, keep a frozen copy as the reference policy (with
         LoRA the reference is the same transformer with its adapters disabled); `kernel`: a flow
         kernel, Flow-GRPO's SDE (noise level 0.7) by default; `max_sequence_length`: T5's (and, without
-        T5, the zeros') share of the joint sequence. Speed options as SD 1.x's: `compile_unet`
-        compiles the transformer in place, `gradient_checkpointing` recomputes its blocks in backward;
-        `channels_last` has nothing to act on in a transformer (its inputs are token sequences)."""
+        T5, the zeros') share of the joint sequence; `resolution`: the images' side in pixels (None: the
+        transformer's own sample_size, its native size), latents of resolution / the VAE's downscale
+        (8 for SD3's), which the transformer's cropped position embedding takes. Speed options as
+        SD 1.x's: `compile_unet` compiles the transformer in place, `gradient_checkpointing` recomputes
+        its blocks in backward; `channels_last` has nothing to act on in a transformer (its inputs are
+        token sequences)."""
         super().__init__()
         self.transformer = components.transformer
         self.vae = components.vae
@@ -235,6 +240,7 @@ class SD3Policy(DiffusionPolicy):
         self.scheduler = components.scheduler
         self.source = components.source
         self.max_sequence_length = max_sequence_length
+        self.latent_side = self._latent_side(resolution)
         self.kernel = self.check_kernel(FlowGRPOKernel() if kernel is None else kernel)
         if lora is not None and not isinstance(lora, dict):  # a DictConfig from the run's config
             lora = OmegaConf.to_container(OmegaConf.create(lora), resolve=True)
@@ -247,6 +253,26 @@ class SD3Policy(DiffusionPolicy):
         negative = self.encode_prompts([""])
         self.register_buffer("negative_hidden_states", negative.hidden_states, persistent=False)
         self.register_buffer("negative_pooled", negative.pooled, persistent=False)
+
+    def _latent_side(self, resolution: int | None) -> int:
+        config = self.transformer.config
+        if resolution is None:
+            return config.sample_size
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)  # the VAE's downscale, as diffusers computes it
+        step = scale * config.patch_size
+        # (the position embedding is cropped from a pos_embed_max_size grid of patches; without one it
+        # is computed for any size)
+        most = None if config.pos_embed_max_size is None else config.pos_embed_max_size * step
+        if not isinstance(resolution, int) or resolution <= 0 or resolution % step or resolution > (most or resolution):
+            raise ConfigError(
+                f"model.policy.resolution={resolution}: give a multiple of {step} (the VAE's downscale x the patch "
+                f"size){f' up to {most}' if most else ''} pixels, e.g. {config.sample_size * scale}, the model's own"
+            )
+        return resolution // scale
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.transformer.config.in_channels, self.latent_side, self.latent_side)
 
     @property
     def reference_transformer(self) -> nn.Module | None:
@@ -305,7 +331,7 @@ class SD3Policy(DiffusionPolicy):
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)  # leave ours untouched
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", False):
-            size = self.transformer.config.sample_size // self.transformer.config.patch_size
+            size = self.latent_side // self.transformer.config.patch_size  # the image's, as the pipeline's
             config = scheduler.config
             kwargs["mu"] = calculate_shift(
                 size * size,
