@@ -74,5 +74,28 @@ def preemption_notice(stop) -> str:
     return f"{stop}: kept the checkpoint of epoch {stop.epoch - 1}, the last finished ({stop.checkpoint}); resume with: {command}"
 
 
-if __name__ == "__main__":
+# Keys that moved, with where they went: Hydra's own message for a key that is not there says only that.
+MOVED_KEYS = {"sample.eta": "sample.kernel.eta (the kernel and its parameters: conf/kernel/, e.g. kernel=ddim)"}
+
+
+def check_moved_keys(arguments: list[str]) -> None:
+    """One line for an override of a key that moved (e.g. sample.eta=0.5 -> sample.kernel.eta=0.5)."""
+    from rlft.errors import ConfigError
+
+    for argument in arguments:
+        key, _, value = argument.lstrip("+~").partition("=")
+        if key in MOVED_KEYS:
+            raise ConfigError(f"{argument}: {key} is now {MOVED_KEYS[key]}: give {MOVED_KEYS[key].split()[0]}={value}")
+
+
+def cli() -> None:
+    """`python -m rlft` and the `rlft` command."""
+    try:
+        check_moved_keys(sys.argv[1:])
+    except RlftError as error:
+        exit_with(error)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -191,3 +191,11 @@ def test_kernels_are_config_choices_with_their_parameters():
     assert compose_config(["model=tiny"]).sample.kernel.eta == 1.0
     with pytest.raises(ValueError, match=r"sample\.kernel\.noise_level=-1 must be a number >= 0"):
         FlowGRPOKernel(noise_level=-1)
+
+
+def test_the_moved_eta_key_names_its_new_place():
+    from rlft.__main__ import check_moved_keys
+
+    check_moved_keys(["sample.kernel.eta=0.5", "model=tiny"])
+    with pytest.raises(ConfigError, match=r"^sample\.eta=0\.5: sample\.eta is now sample\.kernel\.eta .*: give sample\.kernel\.eta=0\.5$"):
+        check_moved_keys(["model=tiny", "sample.eta=0.5"])

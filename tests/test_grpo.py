@@ -175,3 +175,22 @@ def test_one_epoch_of_grpo_trains_and_resumes_exactly(tmp_path):
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
     compared = ["reward_mean", "loss", "kl", "approx_kl", "clipfrac", "ratio", "zero_std_ratio"]
     assert {k: resumed[k] for k in compared} == {k: straight[k] for k in compared}
+
+
+@pytest.mark.slow
+def test_grpo_raises_brightness_on_the_tiny_flow_model(tmp_path):
+    """Learning on the flow family: GRPO with Flow-GRPO's SDE kernel on model=tiny_sd3 (its defaults:
+    16 samples of 6 steps per epoch in groups of 4, the first 5 steps trained, LoRA r32), rewarded by
+    brightness, the mean pixel value read exactly. Measured (seed 42, 2 CPU cores): reward_mean
+    0.5801 at epoch 0, 0.5922 / 0.5959 at epochs 10 / 11 (the last three epochs' mean 0.5921,
+    +0.012); without updates the epoch means move by about 0.0002. The margin is half the gain."""
+    from rlft.train import train
+
+    cfg = compose_config(
+        ["model=tiny_sd3", "algorithm=grpo", "reward=brightness", "epochs=12", "train.learning_rate=3e-3",
+         f"output_root={tmp_path}"]
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rewards = [float(row["reward_mean"]) for row in csv.DictReader(f)]
+    assert len(rewards) == 12 and sum(rewards[-3:]) / 3 > rewards[0] + 0.006, rewards
