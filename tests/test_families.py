@@ -42,11 +42,12 @@ def run(tmp_path, *overrides: str, name: str = "run") -> dict[str, float]:
         ["algorithm=ddpo"],
         ["algorithm=ddpo_sf"],
         ["algorithm=tdpo"],
+        ["algorithm=tdpo_r", "algorithm.neuron_reset_freq=1"],  # its critic's neurons reset after the epoch
         ["algorithm=rwr"],
         ["algorithm=rwr", "kernel=euler"],  # RWR needs no log-prob: the pipelines' own ODE sampler will do
         ["algorithm=grpo", "kernel=dance_grpo", "algorithm.kl_beta=0.04", "algorithm.kl_scaling=flow_grpo"],
     ],
-    ids=["ddpo", "ddpo_sf", "tdpo", "rwr", "rwr-euler", "grpo-dance-kl"],
+    ids=["ddpo", "ddpo_sf", "tdpo", "tdpo_r", "rwr", "rwr-euler", "grpo-dance-kl"],
 )
 def test_one_epoch_of_each_algorithm_on_the_flow_family(tmp_path, algorithm):
     metrics = run(tmp_path, *algorithm)
