@@ -32,7 +32,7 @@ def sample_chain(policy: SD3Policy, sigmas: torch.Tensor, cond: TextConditioning
     states, log_probs = [x], []
     with torch.no_grad():
         for i in range(len(sigmas) - 1):
-            step = policy.step(x, i, sigmas, cond, GUIDANCE, noise=stream.normal(x.shape))
+            step = policy.transition(x, i, sigmas, cond, GUIDANCE, noise=stream.normal(x.shape))
             x = step.sample
             states.append(x)
             log_probs.append(step.log_prob)
@@ -99,9 +99,9 @@ def test_ratio_is_exactly_one_before_an_update_and_the_reference_is_the_base_mod
     def rescore(index_as_tensor: bool = False, reference: bool = False) -> list[torch.Tensor]:
         with torch.no_grad():
             return [
-                policy.step(
+                policy.transition(
                     states[i], torch.full((2,), i) if index_as_tensor else i, sigmas, cond, GUIDANCE,
-                    prev_sample=states[i + 1], reference=reference,
+                    next_latents=states[i + 1], reference=reference,
                 ).log_prob
                 for i in range(len(sigmas) - 1)
             ]  # fmt: skip

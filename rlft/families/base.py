@@ -58,6 +58,15 @@ def network_weights(network: nn.Module, frozen_copy: nn.Module | None, has_adapt
         raise RuntimeError("this policy was built without keep_reference=True")
 
 
+def levels_at(schedule: torch.Tensor, step_index: int | torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's level j and level j + 1 of its schedule ((T + 1,) or (B, T + 1)), for step j =
+    `step_index` (an int or (B,)): (B,) tensors. A gather, so that on XLA the step index is a graph
+    input and every step runs one compiled graph."""
+    levels = schedule.expand(batch, -1) if schedule.ndim == 1 else schedule
+    index = torch.as_tensor(step_index, device=levels.device).reshape(-1, 1).expand(batch, 1)
+    return levels.gather(1, index).squeeze(1), levels.gather(1, index + 1).squeeze(1)
+
+
 def concatenate(parts: list[Conditioning]) -> Conditioning:
     """Batches of conditioning (tensors or TextConditionings) joined along the batch."""
     return TextConditioning.cat(parts) if isinstance(parts[0], TextConditioning) else torch.cat(parts)

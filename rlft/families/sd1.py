@@ -18,7 +18,7 @@ from peft.utils import get_peft_model_state_dict
 from torch import nn
 
 from rlft.ddim import denoising_target
-from rlft.families.base import DiffusionPolicy
+from rlft.families.base import DiffusionPolicy, levels_at
 from rlft.kernels.base import Transition
 from rlft.kernels.choice import DDIMKernel, Kernel
 from rlft.models import Components, sd_pipeline
@@ -163,10 +163,7 @@ class SD1Policy(DiffusionPolicy):
         next_latents: torch.Tensor | None = None,
         reference: bool = False,
     ) -> Transition:
-        levels = schedule.expand(len(latents), -1) if schedule.ndim == 1 else schedule
-        index = step_index.reshape(-1, 1).to(levels.device)
-        timesteps = levels.gather(1, index).squeeze(1)
-        prev_timesteps = levels.gather(1, index + 1).squeeze(1)
+        timesteps, prev_timesteps = levels_at(schedule, step_index, len(latents))
         out = self.noise_prediction(latents, timesteps, conditioning, guidance_scale, reference)
         return self.kernel(self.scheduler, out, timesteps, prev_timesteps, latents, noise, next_latents)
 

@@ -31,7 +31,7 @@ from transformers import (
 )
 
 from rlft.errors import ConfigError
-from rlft.families.base import DiffusionPolicy
+from rlft.families.base import DiffusionPolicy, levels_at
 from rlft.families.conditioning import TextConditioning
 from rlft.families.sd1 import window_timesteps
 from rlft.kernels import Transition, euler_transition
@@ -404,31 +404,9 @@ class SD3Policy(DiffusionPolicy):
     ) -> Transition:
         """The configured kernel's step from level j = `step_index` (an int or (B,)) of `schedule`
         ((T + 1,) or (B, T + 1) sigmas) to level j + 1."""
-        if schedule.ndim == 1:
-            sigma, sigma_next = schedule[step_index], schedule[torch.as_tensor(step_index) + 1]
-        else:
-            index = torch.as_tensor(step_index, device=schedule.device).reshape(-1, 1).expand(len(schedule), 1)
-            sigma, sigma_next = schedule.gather(1, index).squeeze(1), schedule.gather(1, index + 1).squeeze(1)
+        sigma, sigma_next = levels_at(schedule, step_index, len(latents))
         velocity = self.velocity_at(latents, sigma, conditioning, guidance_scale, reference)
         return self.kernel(latents, velocity, sigma, sigma_next, schedule, noise, next_latents)
-
-    def step(
-        self,
-        latents: torch.Tensor,
-        step_index: int | torch.Tensor,
-        sigmas: torch.Tensor,
-        conditioning: TextConditioning,
-        guidance_scale: float,
-        noise: torch.Tensor | None = None,
-        prev_sample: torch.Tensor | None = None,
-        reference: bool = False,
-    ) -> Transition:
-        """`transition` with the diffusers-style argument names: draws the action with `noise`
-        (standard normal, from a RandomStream) or scores the stored `prev_sample`."""
-        return self.transition(
-            latents, step_index, sigmas, conditioning, guidance_scale, noise=noise, next_latents=prev_sample,
-            reference=reference,
-        )  # fmt: skip
 
     def ode_step(
         self,
