@@ -57,8 +57,9 @@ def test_rwr_raises_brightness(tmp_path, algorithm):
 
 # The toy world: the reward is the accuracy itself, read exactly from the pixels. Each runs the toy
 # demo (64 samples of 5 steps without guidance in groups of 4 per prompt; its first two steps
-# trained, LoRA on the cross-attention) rewarded on colour alone, 30 epochs at lr 2e-3.
-TOY = ["~experiment", "reward=toy_color", "eval_rewards=[]", "epochs=30", "train.learning_rate=2e-3"]
+# trained, LoRA on the cross-attention) rewarded on colour alone, 15 epochs at lr 4e-3 (half the
+# epochs of the 30 at lr 2e-3 these tests ran before, which cost 100-113 s for TDPO and TDPO-R).
+TOY = ["~experiment", "reward=toy_color", "eval_rewards=[]", "epochs=15", "train.learning_rate=4e-3"]
 TOY_CASES = {
     "ddpo": [],  # model=toy brings algorithm=ddpo_groups
     "ddpo_sf": ["algorithm=ddpo_sf", "algorithm.stat_min_count=4"],
@@ -70,12 +71,14 @@ TOY_CASES = {
 @pytest.mark.parametrize("algorithm", sorted(TOY_CASES))
 def test_the_toy_models_colour_accuracy_rises(tmp_path, algorithm):
     """The same 256 showcase prompts and seeds are read before the first update and after the last.
-    Measured (seed 42, one torch thread, two runs side by side, as `python -m rlft`): colour right
-    82.8% -> 93.75% (ddpo 70 s, ddpo_sf 67 s), 92.97% (tdpo 100 s, tdpo_r 98 s); at 40 epochs each
-    reached 93.75% in 69-128 s. The margin is under half that gain; without learning the showcase
-    is the same samples of the same model and its change exactly 0."""
+    Measured (one torch thread, two runs side by side, in-process): colour right 82.8% -> 90.6% for
+    all four at seed 42 (+0.078); at seed 1, 82.8% -> 87.5% (tdpo, +0.047) and 86.7% (ddpo, +0.039).
+    The 30 epochs at lr 2e-3 before reached 93.75% (ddpo, ddpo_sf) and 92.97% (tdpo, tdpo_r) at seed
+    42 in about twice the time (tdpo at seed 1: 93.4%), with a margin of 0.05. The margin is under
+    half the seed-42 gain and under the seed-1 ones; without learning the showcase is the same
+    samples of the same model and its change exactly 0."""
     cfg = compose_config([*TOY, *TOY_CASES[algorithm], "showcase.grid=0", f"output_root={tmp_path}"])
     train(cfg, tmp_path / "run")
     shown = json.loads((tmp_path / "run" / "showcase.json").read_text())
     before, after = shown["before"]["reward_mean"], shown["after"]["reward_mean"]
-    assert after > before + 0.05, shown
+    assert after > before + 0.03, shown
