@@ -176,6 +176,27 @@ def check_consistency(cfg: DictConfig) -> None:
     ):
         shown = list(window) if isinstance(window, ListConfig) else window
         raise ConfigError(f"train.timestep_window={shown} must be [start, stop] with 0 <= start < stop <= 1")
+    check_cps_window(cfg)
+
+
+def check_cps_window(cfg: DictConfig) -> None:
+    """CPS's last step (into s = 0) has std 0: no density to train on. A policy-gradient run with the
+    CPS kernel must leave it out of train.timestep_window."""
+    from rlft.trajectories import trained_steps
+
+    if _select(cfg, "sample.kernel._target_") != "rlft.kernels.CPSKernel":
+        return
+    if _select(cfg, "algorithm._target_") in ("rlft.algorithms.RewardWeightedRegression", "rlft.algorithms.FilterAndFinetune"):
+        return
+    t, steps = cfg.train, cfg.sample.num_steps
+    trained, _ = trained_steps(steps, t.timestep_fraction, tuple(t.timestep_window))
+    if trained.stop == steps:
+        stop = (steps - 1) / steps
+        raise ConfigError(
+            f"train.timestep_window={list(t.timestep_window)} trains the CPS kernel's last step, which is "
+            f"deterministic (its std is 0 at s = 0): end the window before it, e.g. "
+            f"train.timestep_window=[{t.timestep_window[0]}, {stop:.3g}]"
+        )
 
 
 def _one_of(key: str, value, accepted, note: str = "", shown=None, hint: str = "") -> None:

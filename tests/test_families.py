@@ -200,3 +200,12 @@ def test_the_moved_eta_key_names_its_new_place():
     check_moved_keys(["sample.kernel.eta=0.5", "model=tiny"])
     with pytest.raises(ConfigError, match=r"^sample\.eta=0\.5: sample\.eta is now sample\.kernel\.eta .*: give sample\.kernel\.eta=0\.5$"):
         check_moved_keys(["model=tiny", "sample.eta=0.5"])
+
+
+def test_the_cps_kernels_deterministic_last_step_is_kept_out_of_training():
+    from rlft.train import validate
+
+    validate(compose_config(["model=tiny_sd3", "kernel=cps", "algorithm=grpo"]))  # tiny_sd3 trains steps 0..4 of 6
+    validate(compose_config(["model=tiny_sd3", "kernel=cps", "algorithm=rwr", "train.timestep_window=[0,1]"]))
+    with pytest.raises(ConfigError, match=r"^train\.timestep_window=\[0, 1\] trains the CPS kernel's last step.*\[0, 0\.833\]$"):
+        validate(compose_config(["model=tiny_sd3", "kernel=cps", "algorithm=grpo", "train.timestep_window=[0,1]"]))
