@@ -58,13 +58,15 @@ tpu-train: install
 	@test -n "$(TPU_NAME)" -a -n "$(ZONE)" || { echo 'make tpu-train: give TPU_NAME=<pod> and ZONE=<zone> (and ARGS="...")'; exit 2; }
 	$(PY) -m rlft -m hardware=tpu_pod hydra.launcher.tpu_name=$(TPU_NAME) hydra.launcher.zone=$(ZONE) $(ARGS)
 
-# Where an epoch's time goes, against the model's own compute (figures, no pass/fail).
+# Where an epoch's time goes, against the model's own compute (figures, no pass/fail): model=tiny and
+# model=small (SD 1.x, DDPO) and model=tiny_sd3 (SD3's flow family, GRPO); ARGS="--models tiny_sd3" for one.
 bench: install
 	$(PY) -m rlft.bench $(ARGS)
 
 # The one-GPU run, prepared (rlft/gpu_check.py): a DDPO and a TDPO-R epoch on Stable Diffusion 1.5's
-# shapes, 512 px, bf16, LoRA, random weights built here (no download, sized for 8 minutes; needs a CUDA
-# torch). ARGS="--tiny" runs the same path on the CPU on the tiny model's shapes.
+# shapes (sized for 8 minutes) and a Flow-GRPO step on SD3.5 Medium's transformer (about 3 minutes), 512 px,
+# bf16, LoRA, random weights built here (no download; needs a CUDA torch; never run on a GPU yet).
+# ARGS="--checks sd35m" runs one of them; ARGS="--tiny" runs the same paths on the CPU on tiny shapes.
 .PHONY: gpu-check
 gpu-check: install
 	$(PY) -m rlft.gpu_check $(ARGS)

@@ -23,12 +23,33 @@ per-image rates do not depend on it. Each figure comes from one epoch, so the DD
 CUDA's warm-up. As in `make bench`, TDPO-R's per-state decodes and critic encodes are outside its
 floor, so its epoch / floor reads higher than DDPO's.
 
-`--tiny` runs the same path on the CPU on the tiny model's shapes (conf/model/tiny.yaml) with few
-sampler steps, in bf16-mixed as on the GPU; tests/test_gpu_check.py runs it. Without CUDA and
-without --tiny the script says so in one line and exits with status 2.
+The second check (`--checks sd35m`) is a full Flow-GRPO step on Stable Diffusion 3.5 Medium's
+transformer: SD3Transformer2DModel with SD3.5-M's config (24 MMDiT blocks, dual attention in blocks
+0-12, RMS q/k norm; 2.24 B parameters) and its 16-channel VAE, random weights, bf16, 512 px
+(64x64 latents), LoRA r32 alpha 64 on Flow-GRPO's targets, one epoch of algorithm=grpo through
+rlft.train.train at model=sd3_5_medium's own sizes (conf/model_defaults/sd3.yaml): one prompt's
+group of 24 images sampled in the model's batches with 10 steps of Flow-GRPO's SDE and guidance 4.5
+(each call on the [unconditional; conditional] batch), then the first 9 steps of each chain trained
+forward and backward, with guidance, with the clipped loss, in the model's minibatches and
+accumulation. The
+transformer is built here (its config written out below); the two CLIP text encoders are small
+random stand-ins with SD3.5's projection widths (pooled 768 + 1280 = 2048) and T5 is left out
+(zeros in its place, as diffusers does without it), so the transformer sees SD3.5-M's conditioning
+shapes exactly (77 + 256 tokens of width 4096) while the text encoders' own cost is not SD3.5's. It
+prints images per second for sampling and for the whole step, the floor ratios, peak memory and
+the importance-ratio check. Its time is estimated at about 3 minutes on an H100-class GPU (about
+1.2e16 FLOPs per epoch: 480 guided sampling rows and 432 trained rows of 2.24 B parameters over
+1024 + 333 tokens, the epoch and its floor at about 400 TFLOP/s, plus building the weights on the
+CPU): an estimate, not a measurement.
 
-The CUDA path has never met hardware in this project: it was written and tested on CPUs only
-(the --tiny path), so its first GPU run is also the first test of this script on a GPU.
+`--tiny` runs the same paths on the CPU on tiny shapes (SD 1.x: conf/model/tiny.yaml; SD3.5: the
+same transformer structure at toy widths) with few sampler steps, in bf16-mixed as on the GPU;
+tests/test_gpu_check.py runs them. Without CUDA and without --tiny the script says so in one line
+and exits with status 2.
+
+The CUDA paths have never met hardware in this project (neither the SD 1.5 nor the SD3.5-M check):
+they were written and tested on CPUs only (the --tiny paths), so their first GPU run is also the
+first test of this script on a GPU.
 """
 
 from __future__ import annotations
@@ -104,7 +125,70 @@ VIT_L14_VISION = {
     "projection_dim": 768,
 }
 
+# Stable Diffusion 3.5 Medium's transformer (stabilityai/stable-diffusion-3.5-medium,
+# transformer/config.json): MMDiT-X, 24 joint blocks of which 0-12 add image-only self-attention.
+SD35M_TRANSFORMER = {
+    "sample_size": 128,
+    "patch_size": 2,
+    "in_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "out_channels": 16,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": list(range(13)),
+    "qk_norm": "rms_norm",
+}
+# Its VAE (vae/config.json): 16 latent channels, 8x downscale, no quant convs, SD3's shift and scale.
+SD35_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 1.5305,
+    "shift_factor": 0.0609,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
+# CLIP-L's and OpenCLIP bigG's projection widths: SD3's pooled conditioning is the two, concatenated.
+SD35_POOLED_WIDTHS = (768, 1280)
+# The CPU's stand-in (--tiny): the same structure (dual attention, RMS q/k norm, a cropped position
+# embedding, 16 latent channels) at toy widths, 8x8 latents, a VAE without downscale.
+TINY_SD35_TRANSFORMER = {
+    **SD35M_TRANSFORMER,
+    "sample_size": 8,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "caption_projection_dim": 16,
+    "pooled_projection_dim": 64,
+    "pos_embed_max_size": 8,
+    "dual_attention_layers": [0],
+}
+TINY_SD35_VAE = {
+    **SD35_VAE,
+    "down_block_types": ["DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D"],
+    "block_out_channels": [8],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "sample_size": 8,
+}
+TINY_POOLED_WIDTHS = (32, 32)
+
 EXPERIMENTS = {"DDPO": "ddpo_aesthetic", "TDPO-R": "tdpo_aesthetic"}
+CHECKS = ("sd15", "sd35m")
+FLOW_GRPO = "Flow-GRPO"
 TIME_BUDGET_S = 8 * 60
 RATIO_KEYS = ("ratio", "approx_kl", "clipfrac", "pg_clipfrac")
 
@@ -172,6 +256,94 @@ def _millions(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+def sd35_medium_components(seed: int = 0, tiny: bool = False):
+    """SD3.5 Medium's transformer and VAE (SD35M_TRANSFORMER, SD35_VAE; with `tiny` the CPU's
+    stand-ins) with random weights (seeded), two small random CLIP text encoders whose projections
+    have SD3.5's widths (so the pooled conditioning is the transformer's 2048), rlft's byte-level
+    tokenizers, no T5 (zeros in its place) and SD3's flow-match scheduler (shift 3): the components
+    model=sd3_5_medium loads, built offline (a Hydra target: model.components._target_)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from rlft.families.sd3 import SD3Components
+    from rlft.models import character_tokenizer
+
+    tokenizers = [character_tokenizer(), character_tokenizer()]
+    with torch.random.fork_rng(devices=[]):  # seeded weights; the caller's RNG stream is untouched
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel(**(TINY_SD35_TRANSFORMER if tiny else SD35M_TRANSFORMER))
+        vae = AutoencoderKL(**(TINY_SD35_VAE if tiny else SD35_VAE))
+        encoders = [
+            CLIPTextModelWithProjection(
+                CLIPTextConfig(
+                    vocab_size=len(tokenizer),
+                    hidden_size=32,
+                    intermediate_size=64,
+                    num_hidden_layers=2,  # SD3 conditions on the penultimate layer's states
+                    num_attention_heads=4,
+                    projection_dim=width,
+                    max_position_embeddings=tokenizer.model_max_length,
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
+            for tokenizer, width in zip(tokenizers, TINY_POOLED_WIDTHS if tiny else SD35_POOLED_WIDTHS, strict=True)
+        ]
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # SD3.5-M's scheduler/scheduler_config.json
+    return SD3Components(
+        transformer, vae, encoders[0], tokenizers[0], encoders[1], tokenizers[1], None, None, scheduler
+    )
+
+
+def sd35_transformer_millions(tiny: bool = False) -> float:
+    """Millions of parameters of the SD3.5-M transformer config (or its stand-in), counted on the
+    meta device (no memory, no initialisation)."""
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        return _millions(SD3Transformer2DModel(**(TINY_SD35_TRANSFORMER if tiny else SD35M_TRANSFORMER)))
+
+
+def flow_grpo_overrides(work: Path, device: str, steps: int | None, tiny: bool) -> list[str]:
+    """model=sd3_5_medium with algorithm=grpo at the model's own sizes (one group of 24 images, 10
+    steps, guidance 4.5, the first 9 steps trained), its components built here,
+    the exact JPEG reward, one epoch; with `tiny` the stand-in model at CPU sizes (8 images in
+    groups of 4, 2 steps, both trained)."""
+    chosen = [
+        "model=sd3_5_medium",
+        "algorithm=grpo",
+        "~model.components",  # (load_sd3's arguments go with it)
+        f"+model.components={{_target_:rlft.gpu_check.sd35_medium_components,seed:0,tiny:{str(tiny).lower()}}}",
+        "reward=jpeg_compressibility",
+        "eval_rewards=[]",
+        "epochs=1",
+        "showcase.samples=0",
+        "sample.num_images_logged=0",
+        f"output_root='{work}'",
+    ]
+    if tiny:  # the stand-in's native size, a short T5 share (zeros), CPU-sized groups
+        chosen += [
+            "model.policy.resolution=null",
+            "model.policy.max_sequence_length=8",
+            "sample.batch_size=4",
+            "sample.num_batches_per_epoch=2",
+            "sample.images_per_prompt=4",
+            "train.batch_size=4",
+            "train.gradient_accumulation_steps=2",
+        ]
+    chosen += _hardware(device)
+    if steps is not None:
+        chosen.append(f"sample.num_steps={steps}")
+    return chosen
+
+
+def _hardware(device: str) -> list[str]:
+    if device == "cuda":
+        return ["hardware=gpu"]
+    return ["hardware=cpu", "hardware.precision=bf16-mixed", "hardware.frozen_dtype=bfloat16"]  # the GPU's precision
+
+
 # -- one run through rlft.train.train -----------------------------------------------------------
 def overrides(
     experiment: str, pipeline_dir: Path, encoder_dir: Path, work: Path, device: str, batches: int, steps: int | None
@@ -190,10 +362,7 @@ def overrides(
         f"sample.num_batches_per_epoch={batches}",
         f"output_root='{work}'",
     ]
-    if device == "cuda":
-        chosen.append("hardware=gpu")
-    else:  # the GPU's precision on the CPU
-        chosen += ["hardware=cpu", "hardware.precision=bf16-mixed", "hardware.frozen_dtype=bfloat16"]
+    chosen += _hardware(device)
     if steps is not None:
         chosen.append(f"sample.num_steps={steps}")
     return chosen
@@ -367,17 +536,26 @@ def report(name: str, experiment: str, cfg, r: dict[str, float], atol: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlft.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny model's shapes and few steps, on the CPU")
+    parser.add_argument("--tiny", action="store_true", help="the tiny models' shapes and few steps, on the CPU")
+    parser.add_argument(
+        "--checks",
+        nargs="+",
+        choices=CHECKS,
+        default=list(CHECKS),
+        help="sd15: DDPO and TDPO-R epochs on SD 1.5's shapes; sd35m: a Flow-GRPO step on SD3.5 Medium's (default: both)",
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], help="with --tiny: where to run (default cpu)")
-    parser.add_argument("--batches", type=int, default=2, help="sample.num_batches_per_epoch (presets: 4)")
-    parser.add_argument("--steps", type=int, help="sample.num_steps (default: the presets' 50; 2 with --tiny)")
+    parser.add_argument("--batches", type=int, default=2, help="SD 1.5: sample.num_batches_per_epoch (presets: 4)")
+    parser.add_argument(
+        "--steps", type=int, help="sample.num_steps (default: the presets' and the model's, 50 and 10; 2 with --tiny)"
+    )
     parser.add_argument("--ratio-atol", type=float, default=1e-5, help="allowed |ratio - 1| and RMS log-ratio")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temporary one)")
     args = parser.parse_args(argv)
     device = args.device or ("cpu" if args.tiny else "cuda")
     if not args.tiny and device != "cuda":
-        parser.error("Stable Diffusion 1.5's shapes run on a CUDA GPU only; --tiny runs the CPU path")
+        parser.error("Stable Diffusion 1.5's and 3.5's shapes run on a CUDA GPU only; --tiny runs the CPU path")
     if device == "cuda" and not torch.cuda.is_available():
         print(
             "rlft.gpu_check: needs a CUDA GPU and torch sees none here "
@@ -396,9 +574,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(args, device: str, steps: int | None, work: Path, start: float) -> int:
-    pipeline_dir, encoder_dir, sizes = save_offline_model(work / "model", args.tiny)
-    built_s = time.perf_counter() - start
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    results: dict = {"device": where}
+    ok = True
+    if "sd15" in args.checks:
+        ok = _sd15_checks(args, device, steps, work, start, where, results) and ok
+    if "sd35m" in args.checks:
+        ok = _flow_grpo_check(args, device, steps, work, where, results) and ok
+    results["total_s"] = total_s = time.perf_counter() - start
+    print(
+        f"\ntotal {total_s:.0f} s (the SD 1.5 check is sized for {TIME_BUDGET_S // 60} min); "
+        "each figure is one epoch, warm-up included"
+    )
+    print("ok" if ok else "FAIL: the importance ratio is not 1 before the first update")
+    _write(args, results)
+    return 0 if ok else 1
+
+
+def _sd15_checks(args, device: str, steps: int | None, work: Path, start: float, where: str, results: dict) -> bool:
+    """A DDPO and a TDPO-R epoch on SD 1.5's shapes (the SD 1.x family)."""
+    built = time.perf_counter()
+    pipeline_dir, encoder_dir, sizes = save_offline_model(work / "model", args.tiny)
+    built_s = time.perf_counter() - built
     shapes = "the tiny model's shapes" if args.tiny else "Stable Diffusion 1.5's shapes"
     print(
         f"rlft gpu-check on {where}: torch {torch.__version__}, {shapes} with random weights (M parameters: "
@@ -406,27 +603,51 @@ def _check(args, device: str, steps: int | None, work: Path, start: float) -> in
         + f"), LoRA r4, bf16-mixed; built and saved in {built_s:.1f} s",
         flush=True,
     )
-    results: dict = {"device": where, "sizes_m": sizes, "built_s": built_s}
+    results.update(sizes_m=sizes, built_s=built_s)
     ok = True
     for name, experiment in EXPERIMENTS.items():
         cfg = compose_run(overrides(experiment, pipeline_dir, encoder_dir, work, device, args.batches, steps))
         results[name] = run_epoch(cfg, work / "runs" / name)
         ok = report(f"{name} on {where}", experiment, cfg, results[name], args.ratio_atol) and ok
-        sys.stdout.flush()
-        if args.json is not None:  # after each run: a run cut short still leaves the finished one's figures
-            args.json.write_text(json.dumps(results, indent=1))
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    results["total_s"] = total_s = time.perf_counter() - start
+        _after_run(args, device, results)
+    return ok
+
+
+def _flow_grpo_check(args, device: str, steps: int | None, work: Path, where: str, results: dict) -> bool:
+    """One Flow-GRPO step (a GRPO epoch) on SD3.5 Medium's transformer (the SD3 family). Never run on
+    a GPU yet: written and tested on the CPU only (--tiny, and the full model's shapes on the meta
+    device in tests/test_gpu_check.py)."""
+    cfg = compose_run(flow_grpo_overrides(work, device, steps, args.tiny))
+    shapes = "a tiny SD3.5-shaped transformer" if args.tiny else "SD3.5 Medium's transformer and VAE"
     print(
-        f"\ntotal {total_s:.0f} s (model build {built_s:.0f} s; the check is sized for {TIME_BUDGET_S // 60} min); "
-        "each figure is one epoch, warm-up included"
+        f"\nrlft gpu-check on {where}: {shapes} with random weights, {cfg.model.policy.resolution or 'native'} px, "
+        f"LoRA r{cfg.model.lora.r} alpha {cfg.model.lora.lora_alpha}, {cfg.hardware.precision}, "
+        f"guidance {cfg.sample.guidance_scale:g}, groups of {cfg.sample.images_per_prompt}",
+        flush=True,
     )
-    print("ok" if ok else "FAIL: the importance ratio is not 1 before the first update")
+    result = run_epoch(cfg, work / "runs" / FLOW_GRPO)
+    result["transformer_m"] = sd35_transformer_millions(args.tiny)
+    results[FLOW_GRPO] = result
+    ok = report(f"{FLOW_GRPO} on {where}", "model=sd3_5_medium algorithm=grpo", cfg, result, args.ratio_atol)
+    print(
+        f"  transformer {result['transformer_m']:.4g} M parameters; a full Flow-GRPO step: "
+        f"{result['rl_step_images_per_s']:.3f} images/s"
+    )
+    _after_run(args, device, results)
+    return ok
+
+
+def _after_run(args, device: str, results: dict) -> None:
+    sys.stdout.flush()
+    _write(args, results)  # after each run: a run cut short still leaves the finished ones' figures
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _write(args, results: dict) -> None:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

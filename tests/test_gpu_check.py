@@ -1,5 +1,6 @@
-"""`make gpu-check` (rlft/gpu_check.py): the --tiny CPU path runs the whole check; without CUDA the
-GPU path refuses in one line; the written-out configs have Stable Diffusion 1.5's sizes."""
+"""`make gpu-check` (rlft/gpu_check.py): the --tiny CPU path runs the whole check (SD 1.x's DDPO and
+TDPO-R epochs, SD3.5's Flow-GRPO step); without CUDA the GPU path refuses in one line; the
+written-out configs have Stable Diffusion 1.5's and 3.5 Medium's sizes."""
 
 import json
 import os
@@ -24,8 +25,8 @@ def run_gpu_check(args: list[str], cwd, **env) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow  # about 35 s on one core
-def test_tiny_path_runs_both_epochs_and_finds_the_ratio_at_one(tmp_path):
+@pytest.mark.slow  # about 50 s on one core
+def test_tiny_path_runs_every_epoch_and_finds_the_ratio_at_one(tmp_path):
     figures_file = tmp_path / "figures.json"
     result = run_gpu_check(["--tiny", "--json", str(figures_file)], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -45,6 +46,16 @@ def test_tiny_path_runs_both_epochs_and_finds_the_ratio_at_one(tmp_path):
         assert r["rl_step_images_per_s"] == pytest.approx(16 / r["epoch_s"])
         assert f"rlft gpu-check: {name} on CPU, one epoch" in result.stdout
     assert "peak_gpu_memory_gb" not in figures["DDPO"]  # a CPU run has no GPU memory to report
+    # Flow-GRPO on the SD3.5 stand-in: 8 samples of 2 steps (groups of 4), both steps trained, 2
+    # minibatches accumulated into the one optimizer step: 4 micro-steps before it, ratio exactly 1
+    r = figures["Flow-GRPO"]
+    assert r["samples"] == 8 and r["num_steps"] == 2 and r["micro_steps_before_update"] == 4
+    assert r["first_ratio"] == 1.0 and r["max_abs_ratio_minus_1"] == 0.0 and r["max_rms_log_ratio"] == 0.0
+    assert 0 < r["sampling_s"] + r["training_s"] <= r["epoch_s"] and r["floor_training_s"] > 0
+    assert r["rl_step_images_per_s"] == pytest.approx(8 / r["epoch_s"])
+    assert r["transformer_m"] == pytest.approx(gpu_check.sd35_transformer_millions(tiny=True))
+    assert "rlft gpu-check: Flow-GRPO on CPU, one epoch (model=sd3_5_medium algorithm=grpo" in result.stdout
+    assert "a full Flow-GRPO step:" in result.stdout
 
 
 def test_without_cuda_the_gpu_path_says_so_in_one_line_and_exits_2(tmp_path):
@@ -88,3 +99,47 @@ def test_the_gpu_runs_compose_the_presets_on_the_offline_model(tmp_path):
         assert cfg.reward._target_ == "rlft.rewards.JpegCompressibility" and list(cfg.eval_rewards) == []
         assert cfg.epochs == 1
     assert cfg.algorithm.neuron_reset and cfg.algorithm.embedder.path == str(tmp_path / "e")
+
+
+def test_the_sd35_medium_policy_has_its_shapes_and_flow_grpos_adapters():
+    from rlft.families.sd3 import SD3_LORA, SD3Policy
+
+    with torch.device("meta"):  # SD3.5-M's full shapes, no memory, no initialisation
+        components = gpu_check.sd35_medium_components()
+        count = sum(p.numel() for p in components.transformer.parameters())  # (before the adapters)
+        policy = SD3Policy(components, lora=SD3_LORA, frozen_dtype="bfloat16", resolution=512, max_sequence_length=256)
+    assert count == 2_243_171_520 and gpu_check.sd35_transformer_millions() == count / 1e6
+    assert sum(p.numel() for p in components.vae.parameters()) == 83_819_683
+    blocks = components.transformer.transformer_blocks
+    assert len(blocks) == 24 and [i for i, b in enumerate(blocks) if b.attn2 is not None] == list(range(13))
+    assert type(blocks[0].attn.norm_q).__name__ == "RMSNorm"
+    # 512 px: 64x64 latents of 16 channels; the conditioning CLIP's 77 + T5's 256 tokens, 4096 wide
+    assert policy.latent_shape == (16, 64, 64)
+    assert policy.negative_hidden_states.shape == (1, 333, 4096) and policy.negative_pooled.shape == (1, 2048)
+    adapted = [n for n, m in policy.transformer.named_modules() if hasattr(m, "lora_A")]
+    # 8 projections per block, the last block (context_pre_only) without to_add_out; none on attn2
+    assert len(adapted) == 24 * 8 - 1 and not any(".attn2." in n for n in adapted)
+    lora = policy.transformer.peft_config["default"]
+    assert (lora.r, lora.lora_alpha) == (32, 64)
+
+
+def test_the_flow_grpo_run_composes_sd35_mediums_recipe_on_the_built_model(tmp_path):
+    from rlft.trajectories import trained_steps
+
+    cfg = gpu_check.compose_run(gpu_check.flow_grpo_overrides(tmp_path, "cuda", None, tiny=False))
+    assert cfg.model.components == {
+        "_target_": "rlft.gpu_check.sd35_medium_components",
+        "seed": 0,
+        "tiny": False,
+    }
+    assert cfg.algorithm._target_ == "rlft.algorithms.GRPO" and cfg.sample.kernel._target_.endswith("FlowGRPOKernel")
+    assert (cfg.hardware.precision, cfg.hardware.frozen_dtype) == ("bf16-mixed", "bfloat16")
+    assert cfg.model.policy.resolution == 512 and (cfg.model.lora.r, cfg.model.lora.lora_alpha) == (32, 64)
+    s, t = cfg.sample, cfg.train
+    # the model's own sizes: one group of 24 images, 10 SDE steps with guidance, the first 9 trained
+    own = gpu_check.compose_run(["model=sd3_5_medium", "algorithm=grpo", "sample.num_images_logged=0"])
+    assert (s, t) == (own.sample, own.train)
+    assert s.images_per_prompt == s.batch_size * s.num_batches_per_epoch == 24 and s.num_steps == 10
+    assert s.guidance_scale == 4.5 and t.cfg
+    assert trained_steps(s.num_steps, t.timestep_fraction, t.timestep_window) == (range(9), 9)
+    assert cfg.reward._target_ == "rlft.rewards.JpegCompressibility" and list(cfg.eval_rewards) == []
