@@ -19,6 +19,7 @@ from rlft.quiet import (
 
 # One real instance of each known record (the message as the library writes it).
 EXAMPLES = {
+    "diffusers.pipelines.pipeline_utils": "self.text_encoder_3=None of type <class 'NoneType'> cannot be saved.",
     "lightning.pytorch.utilities.rank_zero": (
         "💡 Tip: For seamless cloud logging and experiment tracking, try installing "
         "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, which logs metrics and artifacts "
