@@ -10,8 +10,6 @@ import random
 from functools import cache
 from pathlib import Path
 
-import inflect
-
 from rlft.errors import ConfigError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -76,6 +74,8 @@ class NounsActivities(PromptSource):
     """ "<a|an> <noun> <activity>" for every noun and activity, e.g. "an ant riding a bike"."""
 
     def __init__(self, nouns: str, activities: str):
+        import inflect  # here, not at the top: its import takes about 3 s (typeguard at import time)
+
         article = inflect.engine()
         super().__init__(
             [
