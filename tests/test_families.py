@@ -82,7 +82,7 @@ def test_grpo_on_sd1s_ddim_kernel(tmp_path):
     [
         (["model=tiny", "kernel=flow_grpo"], r"^sample\.kernel=FlowGRPOKernel: Stable Diffusion 1\.x steps with a ddim kernel: kernel=ddim"),
         (["model=tiny_sd3", "kernel=ddim"], r"^sample\.kernel=DDIMKernel: SD3 steps with a flow kernel: kernel=flow_grpo or kernel=dance_grpo"),
-        (["model=tiny_sd3", "kernel=euler"], r"^sample\.kernel=EulerKernel\(\): DDPO trains on the log-probs .* or algorithm=rwr"),
+        (["model=tiny_sd3", "algorithm=ddpo", "kernel=euler"], r"^sample\.kernel=EulerKernel\(\): DDPO trains on the log-probs .* or algorithm=rwr"),
         (["model=tiny", "sample.kernel.eta=0"], r"^sample\.kernel=DDIMKernel\(eta=0\): DDPO trains on the log-probs"),
         (["model=tiny_sd3", "algorithm=tdpo", "sample.kernel.noise_level=0"], r"^sample\.kernel=FlowGRPOKernel\(noise_level=0\): TDPO trains"),
         (
