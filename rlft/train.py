@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -116,10 +117,27 @@ def resumption_for(cfg: DictConfig, run_dir: Path) -> Resumption | None:
     return find_resumption(cfg, run_dir, search_output_root=_run_dir_made_up())
 
 
+# The policy arguments every family takes from the run's config (train.build_module passes them).
+COMMON_POLICY_ARGUMENTS = frozenset(
+    {"self", "components", "kernel", "lora", "frozen_dtype", "keep_reference", "compile_unet", "channels_last",
+     "gradient_checkpointing"}
+)  # fmt: skip
+
+
 def family_options(model: DictConfig) -> dict:
-    """The family's own policy arguments: model.policy's keys besides _target_."""
+    """The family's own policy arguments: model.policy's keys besides _target_; a key the family's
+    class does not take is one line listing the ones it does."""
     node = OmegaConf.select(model, "policy")
-    return {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node else {}).items() if k != "_target_"}
+    options = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node else {}).items() if k != "_target_"}
+    family = policy_class(model)
+    accepted = sorted(set(inspect.signature(family.__init__).parameters) - COMMON_POLICY_ARGUMENTS)
+    for key, value in options.items():
+        if key not in accepted:
+            raise ConfigError(
+                f"model.policy.{key}={value}: {family.__name__} has no option {key}; "
+                f"its own options: {', '.join(accepted) or 'none'}"
+            )
+    return options
 
 
 def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
@@ -130,15 +148,15 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
     family = policy_class(cfg.model)  # before the weights load: a bad class name fails at once
+    options = family_options(cfg.model)  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
     kernel = family.check_kernel(build(cfg.sample.kernel, "sample.kernel"))
     algorithm.check_kernel(kernel)
     components = build(cfg.model.components, "model.components")
     try:
-        options = family_options(cfg.model)
         policy = family(
             components,
             kernel=kernel,
-            **options,  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
+            **options,
             lora=cfg.model.lora,
             frozen_dtype=cfg.hardware.frozen_dtype,
             keep_reference=algorithm.needs_reference or algorithm.trains_against_reference,

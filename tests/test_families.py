@@ -209,3 +209,11 @@ def test_the_cps_kernels_deterministic_last_step_is_kept_out_of_training():
     validate(compose_config(["model=tiny_sd3", "kernel=cps", "algorithm=rwr", "train.timestep_window=[0,1]"]))
     with pytest.raises(ConfigError, match=r"^train\.timestep_window=\[0, 1\] trains the CPS kernel's last step.*\[0, 0\.833\]$"):
         validate(compose_config(["model=tiny_sd3", "kernel=cps", "algorithm=grpo", "train.timestep_window=[0,1]"]))
+
+
+def test_a_policy_option_the_family_does_not_take_is_one_line(tmp_path):
+    assert family_options(compose_config(["model=tiny_sd3"]).model) == {"max_sequence_length": 8}
+    with pytest.raises(ConfigError, match=r"^model\.policy\.t5_length=8: SD3Policy has no option t5_length; its own options: max_sequence_length, resolution$"):
+        build_module(compose_config([*FLOW, "+model.policy.t5_length=8"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"^model\.policy\.resolution=64: SD1Policy has no option resolution; its own options: none$"):
+        family_options(compose_config(["model=tiny", "+model.policy.resolution=64"]).model)
