@@ -74,7 +74,7 @@ def rollout(
             x = torch.cat(rows).to(device)
         else:
             x = stream.normal((batch_size, *policy.latent_shape), device=device)
-        # Every later state takes this dtype (the DDIM step returns its sample's dtype, and scores
+        # Every later state takes this dtype (a kernel's step returns its sample's dtype, and scores
         # the action after that rounding), so the chain is stored in it.
         x = (x * policy.initial_noise_scale).to(trajectory_dtype)
         chain, log_probs, features, reference_log_probs = [x], [], [], []
