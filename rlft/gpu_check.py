@@ -144,15 +144,8 @@ SD35M_TRANSFORMER = {
 }
 # Its VAE (vae/config.json): 16 latent channels, 8x downscale, no quant convs, SD3's shift and scale.
 SD35_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
+    **SD15_VAE,  # the same encoder and decoder blocks as SD 1.5's VAE
     "latent_channels": 16,
-    "norm_num_groups": 32,
     "sample_size": 1024,
     "scaling_factor": 1.5305,
     "shift_factor": 0.0609,
