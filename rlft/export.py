@@ -413,11 +413,12 @@ def rebuild_policy(checkpoint: dict, label: str, base: str | None = None) -> Pol
     from rlft.train import family_options
 
     model = OmegaConf.create(config["model"])
-    policy = policy_class(model)(
+    family = policy_class(model)
+    policy = family(
         built,
         lora=config["model"]["lora"],
         frozen_dtype=config.get("hardware", {}).get("frozen_dtype", "float32"),
-        **family_options(model),
+        **family_options(model, family),
     )
     weights = {k.removeprefix("policy."): v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
     trainable = {name for name, param in policy.named_parameters() if param.requires_grad}

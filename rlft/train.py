@@ -124,12 +124,12 @@ COMMON_POLICY_ARGUMENTS = frozenset(
 )  # fmt: skip
 
 
-def family_options(model: DictConfig) -> dict:
+def family_options(model: DictConfig, family: type | None = None) -> dict:
     """The family's own policy arguments: model.policy's keys besides _target_; a key the family's
-    class does not take is one line listing the ones it does."""
+    class (`family`, by default the model's) does not take is one line listing the ones it does."""
     node = OmegaConf.select(model, "policy")
     options = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node else {}).items() if k != "_target_"}
-    family = policy_class(model)
+    family = policy_class(model) if family is None else family
     accepted = sorted(set(inspect.signature(family.__init__).parameters) - COMMON_POLICY_ARGUMENTS)
     for key, value in options.items():
         if key not in accepted:
@@ -148,7 +148,7 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
     family = policy_class(cfg.model)  # before the weights load: a bad class name fails at once
-    options = family_options(cfg.model)  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
+    options = family_options(cfg.model, family)  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
     kernel = family.check_kernel(build(cfg.sample.kernel, "sample.kernel"))
     algorithm.check_kernel(kernel)
     components = build(cfg.model.components, "model.components")
