@@ -131,7 +131,7 @@ def test_console_scripts_are_installed():
     scripts = {
         e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts") if e.dist.name == "rlft"
     }
-    assert {"rlft": "rlft.__main__:main", "rlft-serve": "rlft.serve:main", "rlft-plot": "rlft.plot:main"}.items() <= (
+    assert {"rlft": "rlft.__main__:cli", "rlft-serve": "rlft.serve:main", "rlft-plot": "rlft.plot:main"}.items() <= (
         scripts.items()
     )
     for name in ("rlft", "rlft-serve", "rlft-plot"):
