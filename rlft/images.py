@@ -23,20 +23,24 @@ GAP = 6  # white pixels between tiles, so that neighbouring captions do not run 
 
 
 def caption(prompt: str, reward: float, eval_rewards: dict[str, float] | None = None) -> str:
-    """`"a red circle" | reward 0.731`, then `| <name> <value>` for each eval reward."""
+    """`"a red circle" | reward 0.731`, then `| <name> <value>` for each eval reward that scored the
+    image (NaN: not scored, left out)."""
     parts = [f'"{prompt}"', f"reward {reward:.3f}"]
-    parts += [f"{name} {value:.3f}" for name, value in (eval_rewards or {}).items()]
+    parts += [f"{name} {value:.3f}" for name, value in (eval_rewards or {}).items() if not math.isnan(value)]
     return " | ".join(parts)
 
 
 def image_records(prompts: list[str], rewards: list[float], eval_rewards: dict[str, list[float]]) -> list[dict]:
-    """One record per image, in the grid's order: index, prompt, reward and each eval reward."""
+    """One record per image, in the grid's order: index, prompt, reward and each eval reward that
+    scored it (NaN, not scored, is left out: the .json stays strict JSON)."""
     return [
         {
             "index": index,
             "prompt": prompt,
             "reward": float(rewards[index]),
-            "eval_rewards": {name: float(values[index]) for name, values in eval_rewards.items()},
+            "eval_rewards": {
+                name: float(values[index]) for name, values in eval_rewards.items() if not math.isnan(values[index])
+            },
         }
         for index, prompt in enumerate(prompts)
     ]

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from rlft.algorithms import Algorithm
 from rlft.algorithms.base import AFTER_UPDATE_METRICS, EpochSamples
+from rlft.errors import ConfigError
 from rlft.families.base import DiffusionPolicy
 from rlft.images import image_records, log_images, save_epoch_images
 from rlft.prompts import PromptSource
@@ -78,9 +79,11 @@ class RLModule(pl.LightningModule):
     def on_train_start(self) -> None:
         if "before" not in self.showcase_results:  # (a resumed run keeps its own "before")
             self.run_showcase("before")
+            self.run_geneval("before")
 
     def on_train_end(self) -> None:
         self.run_showcase("after")
+        self.run_geneval("after")
 
     def run_showcase(self, when: str) -> None:
         """Rank 0 samples the fixed showcase set (cfg.showcase) and saves images/<when>.png."""
@@ -97,6 +100,25 @@ class RLModule(pl.LightningModule):
         self.rewards.seconds = 0.0  # not an epoch's reward time
         self.showcase_results[when] = scores
         print(f"showcase {when} training: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items()), flush=True)
+
+    def run_geneval(self, when: str) -> dict[str, float]:
+        """Rank 0's toy_geneval of the fixed prompts and seeds (cfg.geneval): {"geneval_<kind>": accuracy,
+        "geneval_overall": ...}; `when` "before"/"after" also saves images/geneval_<when>.png and keeps
+        the scores with the showcase's, and prints the per-kind table ("after": beside "before")."""
+        settings = self.cfg.geneval
+        if not settings.per_kind or not self.trainer.is_global_zero:
+            return {}
+        from rlft.toy.geneval import geneval_scores, side_by_side
+
+        shown = when in ("before", "after")
+        path = self.run_dir / "images" / f"geneval_{when}.png" if shown else None
+        scores, table = geneval_scores(self.policy, settings, self.cfg.sample, path)
+        if shown:
+            self.showcase_results.setdefault(when, {}).update(scores)
+            if when == "after" and "before" in self.showcase_results:
+                table = side_by_side(self.showcase_results["before"], scores)
+            print(f"toy_geneval {when} training (the same prompts and seeds):\n{table}", flush=True)
+        return scores
 
     def on_fit_end(self) -> None:
         self.rewards.close()
@@ -166,8 +188,11 @@ class RLModule(pl.LightningModule):
         """Advantages over the whole epoch of every rank; each rank keeps the rows of its samples."""
         values = self.algorithm.state_values(trajectories)
         reference = trajectories.reference_log_probs
+        rewards = self.gather(trajectories.rewards)
+        # checked on every rank's rewards at once, so that all ranks stop together
+        check_train_rewards(rewards, self.rewards.rewards["train"], self.cfg.reward.get("_target_"))
         samples = EpochSamples(
-            rewards=self.gather(trajectories.rewards),
+            rewards=rewards,
             prompts=self.gather_strings(trajectories.prompts),
             log_probs=self.gather(trajectories.log_probs),
             reference_log_probs=None if reference is None else self.gather(reference),
@@ -254,16 +279,23 @@ class RLModule(pl.LightningModule):
         if is_xla(self.device):  # graphs compiled so far in this process: flat after the first epoch
             metrics["xla_compiles"] = float(compile_count())
         for name, values in trajectories.eval_rewards.items():
-            gathered = self.gather(values)
-            metrics[f"eval_{name}_mean"] = gathered.mean().item()
-            metrics[f"eval_{name}_std"] = gathered.std(unbiased=False).item()
+            # over the images the eval reward scored (NaN: not scored, e.g. a per-kind reward on another kind)
+            metrics[f"eval_{name}_mean"], metrics[f"eval_{name}_std"] = scored_mean_std(self.gather(values))
         metrics = self.mean_over_ranks(metrics)
+        every = self.cfg.geneval.every
+        if every and self.cfg.geneval.per_kind:  # a stable column: NaN in the epochs between evaluations
+            measured_now = (epoch + 1) % every == 0
+            metrics.update(self.run_geneval("epoch") if measured_now else dict.fromkeys(geneval_columns(), math.nan))
         # Logged as host tensors, already reduced: on XLA, device scalars built from Python floats
         # would make Lightning's epoch reduction a new graph (a compilation) every epoch.
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, on_step=False, on_epoch=True)
-        # (unmeasured diagnostics are NaN in the loggers, a stable column, but absent from the
-        # history, so that final_metrics.json stays strict JSON)
-        measured = {k: v for k, v in metrics.items() if not (k in AFTER_UPDATE_METRICS and math.isnan(v))}
+        # (unmeasured diagnostics and eval rewards that scored no image are NaN in the loggers, a
+        # stable column, but absent from the history, so that final_metrics.json stays strict JSON)
+        measured = {
+            k: v
+            for k, v in metrics.items()
+            if not ((k in AFTER_UPDATE_METRICS or k.startswith(("eval_", "geneval_"))) and math.isnan(v))
+        }
         self.history.append({"epoch": epoch, **measured})
         if self.trainer.is_global_zero:
             print(console_line(epoch, measured, self.algorithm.console_metrics), flush=True)
@@ -334,6 +366,37 @@ class RLModule(pl.LightningModule):
         kind, keys, position, has_gauss, cached = state["rng"]["numpy"]
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
         torch.set_rng_state(state["rng"]["torch"])
+
+
+def geneval_columns() -> list[str]:
+    from rlft.toy.compositional import KINDS
+
+    return [f"geneval_{kind}" for kind in (*KINDS, "overall")]
+
+
+def scored_mean_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and (population) standard deviation of a reward over the images it scored: NaN marks an
+    image a reward does not score. (NaN, NaN) when it scored none."""
+    unscored = torch.isnan(values)
+    if not unscored.any():
+        return values.mean().item(), values.std(unbiased=False).item()
+    kept = values[~unscored]
+    if not kept.numel():
+        return math.nan, math.nan
+    return kept.mean().item(), kept.std(unbiased=False).item()
+
+
+def check_train_rewards(rewards: torch.Tensor, reward: Reward, target: str | None = None) -> None:
+    """The training reward must score every image: NaN ("not scored") is for eval rewards only."""
+    unscored = int(torch.isnan(rewards).sum())
+    if unscored:
+        shown = getattr(reward, "name", type(reward).__name__)
+        raise ConfigError(
+            f"reward: the training reward {shown} ({target or type(reward).__qualname__}) did not score {unscored} "
+            f"of the epoch's {rewards.numel()} images (NaN: not scored); a training reward must score every image: "
+            "train on prompts it scores (a per-kind toy_geneval reward: prompt.kinds=[its kind]) or on a reward "
+            "that scores them all, and list the partial one in eval_rewards"
+        )
 
 
 def console_line(epoch: int, metrics: dict[str, float], shown: tuple[str, ...] = ()) -> str:

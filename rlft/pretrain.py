@@ -1,4 +1,5 @@
 """`python -m rlft.pretrain [overrides]`: pretrain a tiny text-to-image model on the toy world.
+(`--config-name pretrain_flow`: the flow-matching toy model of the compositional world, rlft/pretrain_flow.py.)
 
 Two stages on images drawn on the fly from `ToyWorld` (an endless, seeded stream): an AutoencoderKL
 learns to reconstruct them (32x32 -> 8x8x4 latents), then a UNet learns to denoise their latents
@@ -211,8 +212,12 @@ def pretrain(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
 def main(cfg: DictConfig) -> float:
-    report = pretrain(cfg, Path(HydraConfig.get().runtime.output_dir))
-    return report["sample_alignment"]
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.get("family") == "sd3":  # --config-name pretrain_flow: the toy flow model
+        from rlft.pretrain_flow import pretrain_flow
+
+        return pretrain_flow(cfg, output_dir)["samples"]["overall"]["accuracy"]
+    return pretrain(cfg, output_dir)["sample_alignment"]
 
 
 if __name__ == "__main__":

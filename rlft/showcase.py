@@ -61,8 +61,14 @@ def showcase(
         records = image_records(trajectories.prompts[:count], scores[main].tolist(), evals)
         save_image_grid(trajectories.images[:count], [record_caption(r) for r in records], path)
         write_json_atomically({"showcase": path.stem, "images": records}, path.with_suffix(".json"))
-    return {
-        # over exactly `samples` images (the last batch may have sampled more)
-        ("reward_mean" if name == "train" else f"{name}_mean"): values[: settings.samples].float().mean().item()
-        for name, values in scores.items()
-    }
+    # Over exactly `samples` images (the last batch may have sampled more), of those each reward scored
+    # (NaN: not scored); a reward that scored none of them has no mean and is left out.
+    means = {}
+    for name, values in scores.items():
+        shown = values[: settings.samples].float()
+        if torch.isnan(shown).all():
+            continue
+        means["reward_mean" if name == "train" else f"{name}_mean"] = (
+            shown.nanmean() if torch.isnan(shown).any() else shown.mean()
+        ).item()
+    return means

@@ -15,9 +15,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from rlft.algorithms import Algorithm
 from rlft.config import CONFIG_DIR, build, load_option, option_path
 from rlft.errors import ConfigError
 from rlft.export import RunRecord, export_run
+from rlft.families.base import DiffusionPolicy
 from rlft.module import RLModule
 from rlft.policy import policy_class
 from rlft.preemption import StopOnSigterm, cluster_plugins
@@ -59,6 +61,12 @@ TYPED_KEYS = {
     "showcase.grid": int,
     "showcase.batch_size": int,
     "showcase.seed": int,
+    "geneval.per_kind": int,
+    "geneval.seeds_per_prompt": int,
+    "geneval.every": int,
+    "geneval.batch_size": int,
+    "geneval.seed": int,
+    "geneval.grid": int,
     "hardware.num_nodes": int,
     "hardware.allow_tf32": bool,
     "perf.channels_last": bool,
@@ -147,19 +155,28 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
     reward = build(cfg.reward, "reward")
     eval_rewards = {name: build_eval_reward(name) for name in cfg.eval_rewards}
     algorithm = build(cfg.algorithm, "algorithm")
+    policy = build_policy(cfg, algorithm.needs_reference or algorithm.trains_against_reference, algorithm)
+    return RLModule(cfg, policy, algorithm, prompts, reward, eval_rewards, run_dir)
+
+
+def build_policy(cfg: DictConfig, keep_reference: bool = False, algorithm: Algorithm | None = None) -> DiffusionPolicy:
+    """The run's policy before training: cfg.model's family with cfg.sample.kernel (checked against
+    the family and, given the `algorithm`, against it too) on the model's components. Also what
+    `python -m rlft.toy.geneval` evaluates a base model with."""
     family = policy_class(cfg.model)  # before the weights load: a bad class name fails at once
     options = family_options(cfg.model, family)  # the family's own (model.policy.<key>, e.g. SD3's max_sequence_length)
     kernel = family.check_kernel(build(cfg.sample.kernel, "sample.kernel"))
-    algorithm.check_kernel(kernel)
+    if algorithm is not None:
+        algorithm.check_kernel(kernel)
     components = build(cfg.model.components, "model.components")
     try:
-        policy = family(
+        return family(
             components,
             kernel=kernel,
             **options,
             lora=cfg.model.lora,
             frozen_dtype=cfg.hardware.frozen_dtype,
-            keep_reference=algorithm.needs_reference or algorithm.trains_against_reference,
+            keep_reference=keep_reference,
             compile_unet=OmegaConf.to_container(cfg.perf.compile)
             if isinstance(cfg.perf.compile, DictConfig)
             else cfg.perf.compile,
@@ -175,7 +192,6 @@ def build_module(cfg: DictConfig, run_dir: Path) -> RLModule:
         else:
             key, value = "model.lora", lora
         raise ConfigError(f"{key}={value}: peft cannot add these adapters to the UNet ({error})") from error
-    return RLModule(cfg, policy, algorithm, prompts, reward, eval_rewards, run_dir)
 
 
 def build_eval_reward(name: str):

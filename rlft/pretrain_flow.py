@@ -1,0 +1,207 @@
+"""`python -m rlft.pretrain --config-name pretrain_flow`: pretrain the toy flow model (model=toy_flow) on
+the compositional world (rlft/toy/compositional.py).
+
+Two stages on scenes drawn on the fly (an endless, seeded stream over GenEval's six task kinds): an
+AutoencoderKL learns to reconstruct them (32x32 -> 16x16x4 latents; its shift and scaling factors are
+then set to the latents' mean and 1 / std, SD3's convention), then the SD3 transformer learns
+rectified flow on their latents (the family's own loss, SD3Policy.denoising_loss, over the whole
+chain) conditioned on two small CLIP text encoders over the captions' words (left at their random
+initialisation unless `transformer.train_text_encoder`; 10% of captions dropped so that guidance
+works). Each stage reports the exact reader's scores: of the reconstructions, then per task kind of
+Euler samples (toy_geneval's evaluation). The result is a diffusers SD3 pipeline directory, which
+model=toy_flow loads.
+
+Written as a plain loop, as rlft/pretrain.py: a short supervised job whose whole state is the pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlft.families.sd3 import SD3Policy
+from rlft.kernels.choice import EulerKernel
+from rlft.streams import RandomStream
+from rlft.toy.compositional import KINDS, CompositionalWorld, read_batch, render, truth
+from rlft.toy.flow import build_toy_flow
+
+log = logging.getLogger("rlft.pretrain")
+
+
+class SceneStream:
+    """Captions and rendered scenes of the given task kinds, drawn uniformly over the kinds."""
+
+    def __init__(self, seed: int, kinds: list[str], resolution: int):
+        self.world = CompositionalWorld(seed)
+        self.rng = np.random.default_rng(seed + 1)
+        self.kinds, self.resolution = list(kinds), resolution
+
+    def batch(self, size: int) -> tuple[torch.Tensor, list[str], list]:
+        """Images in [-1, 1] (B, 3, H, W), their captions and scenes."""
+        drawn = [self.world.sample(self.kinds[self.rng.integers(len(self.kinds))]) for _ in range(size)]
+        pixels = np.stack([render(scene, self.resolution) for _, _, scene in drawn])
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return images, [caption for caption, _, _ in drawn], [scene for _, _, scene in drawn]
+
+
+def train_vae(vae, settings: DictConfig, scenes: SceneStream) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=0.05
+    )
+    vae.train()
+    begin = time.perf_counter()
+    for step in range(1, settings.steps + 1):
+        images, _, _ = scenes.batch(settings.batch_size)
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, images) + settings.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % settings.log_every == 0 or step == settings.steps:
+            log.info("vae step %d: loss %.5f (%.0f s)", step, loss.item(), time.perf_counter() - begin)
+    vae.eval()
+
+
+@torch.no_grad()
+def set_latent_statistics(vae, scenes: SceneStream) -> None:
+    """SD3's convention: z = (x - shift) * scale has zero mean and unit variance over the data."""
+    images, _, _ = scenes.batch(256)
+    latents = vae.encode(images).latent_dist.mode()
+    vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1.0 / latents.std()))
+
+
+@torch.no_grad()
+def reconstruction_accuracy(vae, scenes: SceneStream, count: int) -> float:
+    """Fraction of reconstructions in which the reader finds exactly the scene's objects (shape, colour)."""
+    images, _, drawn = scenes.batch(count)
+    decoded = vae.decode(vae.encode(images).latent_dist.mode()).sample
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    right = [
+        sorted((o.shape, o.color) for o in found) == sorted((o.shape, o.color) for o in truth(scene))
+        for found, scene in zip(read_batch(pixels), drawn, strict=True)
+    ]
+    return float(np.mean(right))
+
+
+def encode_latents(policy: SD3Policy, images: torch.Tensor) -> torch.Tensor:
+    config = policy.vae.config
+    with torch.no_grad():
+        return (policy.vae.encode(images).latent_dist.mode() - config.shift_factor) * config.scaling_factor
+
+
+def train_transformer(policy: SD3Policy, cfg: DictConfig, scenes: SceneStream, output_dir: Path) -> None:
+    settings = cfg.transformer
+    encoders = [policy.text_encoder, policy.text_encoder_2]
+    for encoder in encoders:
+        encoder.requires_grad_(settings.train_text_encoder)
+    parameters = [*policy.transformer.parameters()]
+    if settings.train_text_encoder:
+        parameters += [p for encoder in encoders for p in encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=settings.warmup_fraction
+    )
+    stream, rng = RandomStream(cfg.seed), random.Random(cfg.seed)
+    policy.transformer.train()
+    start = time.perf_counter()
+    for step in range(1, settings.steps + 1):
+        images, captions, _ = scenes.batch(settings.batch_size)
+        latents = encode_latents(policy, images)
+        captions = ["" if rng.random() < settings.caption_dropout else c for c in captions]
+        with torch.set_grad_enabled(settings.train_text_encoder):
+            conditioning = policy.encode_prompts.__wrapped__(policy, captions)
+        loss = policy.denoising_loss(latents, conditioning, 1.0, stream, (0.0, 1.0)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % settings.log_every == 0 or step == settings.steps:
+            log.info("transformer step %d: loss %.5f (%.0f s)", step, loss.item(), time.perf_counter() - start)
+        if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
+            scores = evaluate(policy, cfg, per_kind=settings.eval_per_kind)
+            log.info("transformer step %d: %s", step, _summary(scores))
+            if settings.snapshots:
+                save_pipeline(policy, output_dir / f"pipeline_step{step}", cfg.save_dtype)
+            policy.transformer.train()
+    policy.transformer.eval()
+    for encoder in encoders:
+        encoder.requires_grad_(False).eval()
+    refresh_negative(policy)
+
+
+def refresh_negative(policy: SD3Policy) -> None:
+    """The empty caption's conditioning again (guidance's branch), after the encoders trained."""
+    negative = policy.encode_prompts([""])
+    policy.negative_hidden_states, policy.negative_pooled = negative.hidden_states, negative.pooled
+
+
+def evaluate(policy: SD3Policy, cfg: DictConfig, per_kind: int | None = None, grid: Path | None = None) -> dict:
+    """toy_geneval's per-kind scores (rlft/toy/geneval.py) of Euler (ODE) samples at conf `evaluation`'s
+    settings: {"kinds": {kind: {"accuracy", "se", ...}}, "overall": {...}} (the per-prompt scores left out)."""
+    from rlft.toy.geneval import evaluate_geneval
+
+    settings = cfg.evaluation
+    was_training = policy.transformer.training
+    policy.transformer.eval()
+    try:
+        result = evaluate_geneval(
+            policy,
+            per_kind=per_kind or settings.per_kind,
+            seeds_per_prompt=settings.seeds_per_prompt,
+            num_steps=settings.num_steps,
+            guidance_scale=settings.guidance_scale,
+            batch_size=settings.batch_size,
+            seed=cfg.seed,
+            kernel=EulerKernel(),
+            grid=36 if grid else 0,
+            grid_path=grid,
+        )
+    finally:
+        policy.transformer.train(was_training)
+    return {key: result[key] for key in ("kinds", "overall", "settings")}
+
+
+def _summary(scores: dict) -> str:
+    kinds = ", ".join(f"{kind} {scores['kinds'][kind]['accuracy']:.3f}" for kind in KINDS)
+    return f"{kinds}; overall {scores['overall']['accuracy']:.3f}"
+
+
+def save_pipeline(policy: SD3Policy, directory: Path, dtype: str) -> None:
+    """The pipeline in diffusers' format, its weights stored in `dtype` (model=toy_flow loads them in float32)."""
+    pipeline = copy.deepcopy(policy.pipeline())
+    pipeline.to(getattr(torch, dtype))
+    pipeline.save_pretrained(directory, safe_serialization=True)
+
+
+def pretrain_flow(cfg: DictConfig, output_dir: Path) -> dict:
+    torch.manual_seed(cfg.seed)
+    components = build_toy_flow(**OmegaConf.to_container(cfg.model, resolve=True))
+    scenes = SceneStream(cfg.seed, list(cfg.kinds), cfg.resolution)
+    start = time.perf_counter()
+    train_vae(components.vae, cfg.vae, scenes)
+    set_latent_statistics(components.vae, scenes)
+    report: dict = {"reconstruction_accuracy": reconstruction_accuracy(components.vae, scenes, 512)}
+    log.info("vae: %.1f%% of reconstructions read back right", 100 * report["reconstruction_accuracy"])
+    policy = SD3Policy(components, lora=None, max_sequence_length=0, kernel=EulerKernel())
+    train_transformer(policy, cfg, scenes, output_dir)
+    report["seconds"] = time.perf_counter() - start
+    pipeline_dir = output_dir / "pipeline"
+    save_pipeline(policy, pipeline_dir, cfg.save_dtype)  # saved before the evaluation: nothing is lost to it
+    report["samples"] = evaluate(policy, cfg, grid=output_dir / "samples.png")
+    log.info("samples: %s", _summary(report["samples"]))
+    (output_dir / "pretrain_report.json").write_text(json.dumps(report, indent=1))
+    log.info("saved the pipeline to %s (load it with model=toy_flow model.path=%s)", pipeline_dir, pipeline_dir)
+    return report
