@@ -18,7 +18,7 @@ XLA_STAMP := $(XLA_VENV)/.installed
 TPU_NAME ?=
 ZONE ?=
 
-.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train bench pretrain-toy study
+.PHONY: install run test test-fast lint clean install-tpu test-xla tpu-train bench pretrain-toy pretrain-toy-flow study study-geneval
 
 install: $(STAMP)
 
@@ -81,6 +81,10 @@ clean:
 pretrain-toy: install
 	$(PY) -m rlft.pretrain hydra.run.dir=outputs/pretrain/toy $(ARGS)
 
+# The toy flow model of the compositional world (model=toy_flow; docs/toy_world.md#the-compositional-demo).
+pretrain-toy-flow: install
+	$(PY) -m rlft.pretrain --config-name pretrain_flow hydra.run.dir=outputs/pretrain/toy_flow $(ARGS)
+
 # The over-optimization study (README): DDPO and TDPO-R trained on colour alone, shape watched.
 STUDY ?= outputs/study
 study: install
@@ -88,3 +92,16 @@ study: install
 	$(PY) -m rlft experiment=overopt_tdpo_r hydra.run.dir=$(STUDY)/tdpo_r $(ARGS)
 	$(PY) -m rlft.plot $(STUDY)/ddpo=DDPO $(STUDY)/tdpo_r=TDPO-R --smooth 5 --out $(STUDY)/overoptimization.png \
 		--metrics reward_mean eval_toy_shape_mean eval_toy_alignment_mean --title "trained on toy_color"
+
+# The compositional study (docs/geneval_study.md): GRPO against DDPO on the toy flow model, same base and
+# budget, and GRPO trained on counting alone with all six kinds measured every 5 epochs.
+GENEVAL_STUDY ?= outputs/study_geneval
+study-geneval: install
+	$(PY) -m rlft experiment=geneval_grpo hydra.run.dir=$(GENEVAL_STUDY)/grpo $(ARGS)
+	$(PY) -m rlft experiment=geneval_ddpo hydra.run.dir=$(GENEVAL_STUDY)/ddpo $(ARGS)
+	$(PY) -m rlft experiment=geneval_overopt_counting hydra.run.dir=$(GENEVAL_STUDY)/counting $(ARGS)
+	$(PY) -m rlft.plot $(GENEVAL_STUDY)/grpo=GRPO $(GENEVAL_STUDY)/ddpo=DDPO --out $(GENEVAL_STUDY)/grpo_vs_ddpo.png \
+		--metrics reward_mean geneval_overall --title "toy_flow, reward=toy_geneval"
+	$(PY) -m rlft.plot $(GENEVAL_STUDY)/counting=counting --out $(GENEVAL_STUDY)/overoptimization.png \
+		--metrics geneval_counting geneval_single_object geneval_two_object geneval_colors geneval_position geneval_color_attr \
+		--title "trained on counting alone"

@@ -113,8 +113,8 @@ class RLModule(pl.LightningModule):
         shown = when in ("before", "after")
         path = self.run_dir / "images" / f"geneval_{when}.png" if shown else None
         scores, table = geneval_scores(self.policy, settings, self.cfg.sample, path)
-        if shown:
-            self.showcase_results.setdefault(when, {}).update(scores)
+        if shown:  # (a NaN standard error, of one prompt per kind, is left out: showcase.json stays strict JSON)
+            self.showcase_results.setdefault(when, {}).update({k: v for k, v in scores.items() if not math.isnan(v)})
             if when == "after" and "before" in self.showcase_results:
                 table = side_by_side(self.showcase_results["before"], scores)
             print(f"toy_geneval {when} training (the same prompts and seeds):\n{table}", flush=True)
@@ -369,9 +369,10 @@ class RLModule(pl.LightningModule):
 
 
 def geneval_columns() -> list[str]:
+    """The metrics run_geneval returns (rlft.toy.geneval.geneval_scores' keys), NaN in the epochs between."""
     from rlft.toy.compositional import KINDS
 
-    return [f"geneval_{kind}" for kind in (*KINDS, "overall")]
+    return [f"geneval_{kind}" for kind in (*KINDS, "overall")] + ["geneval_overall_se"]
 
 
 def scored_mean_std(values: torch.Tensor) -> tuple[float, float]:

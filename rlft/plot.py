@@ -39,6 +39,8 @@ def summary(runs: dict[str, dict[str, np.ndarray]], metrics: list[str], window: 
         cells = []
         for metric in metrics:
             values = columns.get(metric)
+            if values is not None:  # a metric measured every few epochs (geneval.every) is NaN between
+                values = values[np.isfinite(values)]
             if values is None or not len(values):
                 cells.append("-")
                 continue
@@ -57,7 +59,11 @@ def plot(runs: dict[str, dict[str, np.ndarray]], metrics: list[str], out: Path, 
     for axis, metric in zip(axes[0], metrics, strict=True):
         for label, columns in runs.items():
             if metric in columns:
-                axis.plot(columns["epoch"], moving_average(columns[metric], smooth), label=label)
+                values = columns[metric]
+                measured = np.isfinite(values)  # epochs without a measurement are NaN: left out, not gaps
+                sparse = not measured.all()
+                axis.plot(columns["epoch"][measured], moving_average(values[measured], 1 if sparse else smooth),
+                          label=label, marker="o" if sparse else None, markersize=3)
         axis.set_title(metric)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)

@@ -66,6 +66,12 @@ RANGES: dict[str, tuple[Rule, str]] = {
     "showcase.grid": (non_negative(), "the number of showcase images saved in the grids"),
     "showcase.batch_size": (at_least(1), ""),
     "showcase.seed": (Rule(lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"), ""),
+    "geneval.per_kind": (non_negative(), "evaluation prompts per task kind; 0 switches toy_geneval off"),
+    "geneval.seeds_per_prompt": (at_least(1), "images per evaluation prompt"),
+    "geneval.every": (non_negative(), "epochs between evaluations during the run; 0: before and after only"),
+    "geneval.batch_size": (at_least(1), ""),
+    "geneval.seed": (Rule(lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"), ""),
+    "geneval.grid": (non_negative(), "the number of evaluation images saved in the grids"),
     "sample.batch_size": (at_least(1), "samples per batch per process"),
     "sample.num_batches_per_epoch": (at_least(1), ""),
     "sample.images_per_prompt": (at_least(1), ""),
@@ -177,6 +183,10 @@ def check_consistency(cfg: DictConfig) -> None:
         shown = list(window) if isinstance(window, ListConfig) else window
         raise ConfigError(f"train.timestep_window={shown} must be [start, stop] with 0 <= start < stop <= 1")
     check_cps_window(cfg)
+    if _select(cfg, "geneval") is not None:
+        from rlft.toy.geneval import check_kernel_setting
+
+        check_kernel_setting(_select(cfg, "geneval.kernel"))
 
 
 def check_cps_window(cfg: DictConfig) -> None:
@@ -350,7 +360,9 @@ def check_paths(cfg: DictConfig) -> None:
         target = str(components.get("_target_", "")) if isinstance(components, DictConfig) else ""
         hub_id = components.get("hub_id") if isinstance(components, DictConfig) else None
         if target.startswith("rlft.toy"):
-            fix = "give the pipeline/ directory of a `python -m rlft.pretrain` run, or model.path=null for the shipped one"
+            flow = target.startswith("rlft.toy.flow")  # model=toy_flow's pretraining is another config
+            command = "python -m rlft.pretrain" + (" --config-name pretrain_flow" if flow else "")
+            fix = f"give the pipeline/ directory of a `{command}` run, or model.path=null for the shipped one"
         else:
             download = f"`hf download {hub_id or '<hub id>'} --local-dir {model_path}`"
             fix = (

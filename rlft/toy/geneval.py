@@ -467,14 +467,19 @@ if __name__ == "__main__":
 
 
 # -- in a run (rlft/module.py: before the first update, after the last, every cfg.geneval.every epochs) --
+def check_kernel_setting(kernel: Any) -> None:
+    """conf `geneval.kernel` is euler or run (rlft.validation checks it before anything loads)."""
+    if kernel not in ("euler", "run"):
+        raise ConfigError(f"geneval.kernel={kernel}: give euler (a flow model's ODE) or run (the run's own kernel)")
+
+
 def geneval_scores(policy: DiffusionPolicy, settings: Any, sample: Any, grid_path: Path | None = None):
     """The run's toy_geneval (conf `geneval`, at the run's sampler steps and guidance; `settings.kernel`
     "euler": the deterministic ODE, "run": the run's own kernel) as ({"geneval_<kind>": accuracy, ...,
     "geneval_overall": ...}, the per-kind table)."""
     from rlft.kernels.choice import EulerKernel
 
-    if settings.kernel not in ("euler", "run"):
-        raise ConfigError(f"geneval.kernel={settings.kernel!r}: give euler (the ODE) or run (the run's own kernel)")
+    check_kernel_setting(settings.kernel)
     ode = settings.kernel == "euler" and policy.parametrisation == "flow"
     result = evaluate_geneval(
         policy,
@@ -504,6 +509,6 @@ def side_by_side(before: dict[str, float], after: dict[str, float]) -> str:
             lines.append(f"{kind:<14}{b:>7.1f}%{a:>7.1f}%{a - b:>+8.1f}")
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     se = after.get("geneval_overall_se")
-    if se is not None:
+    if se is not None and not math.isnan(se):  # (NaN: one prompt per kind, no spread to measure)
         lines.append(f"(overall s.e. {100 * se:.1f} points per measurement)")
     return "\n".join(lines)
