@@ -131,7 +131,7 @@ SUBSTITUTES = [
 
 
 # A flow-matching preset's (Flow-GRPO's, on SD3): the tiny SD3 at 8 px, in groups of 2.
-FLOW_SUBSTITUTES = ["model=tiny_sd3", "model.policy.resolution=8", "sample.images_per_prompt=2"]
+FLOW_SUBSTITUTES = ["model=tiny_sd3", "++model.policy.resolution=8", "sample.images_per_prompt=2"]
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
