@@ -16,6 +16,7 @@ Written as a plain loop, as rlft/pretrain.py: a short supervised job whose whole
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -26,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from rlft.errors import ConfigError
 from rlft.families.sd3 import SD3Policy
 from rlft.kernels.choice import EulerKernel
+from rlft.pretrain import perturbed
 from rlft.streams import RandomStream
 from rlft.toy.compositional import KINDS, CompositionalWorld, read_batch, render, truth
 from rlft.toy.flow import build_toy_flow
@@ -62,7 +66,10 @@ def train_vae(vae, settings: DictConfig, scenes: SceneStream) -> None:
     for step in range(1, settings.steps + 1):
         images, _, _ = scenes.batch(settings.batch_size)
         posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
+        latents = posterior.sample()
+        if settings.latent_noise:  # the decoder learns to draw crisp shapes from latents a little off
+            latents = perturbed(latents, settings.latent_noise)
+        reconstruction = vae.decode(latents).sample
         loss = torch.nn.functional.mse_loss(reconstruction, images) + settings.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -113,6 +120,10 @@ def train_transformer(policy: SD3Policy, cfg: DictConfig, scenes: SceneStream, o
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.learning_rate, total_steps=settings.steps, pct_start=settings.warmup_fraction
     )
+    trained = torch.nn.ModuleList([policy.transformer, *(encoders if settings.train_text_encoder else [])])
+    average = None
+    if settings.ema_decay:  # an exponential moving average of the weights: what is evaluated and saved
+        average = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
     stream, rng = RandomStream(cfg.seed), random.Random(cfg.seed)
     policy.transformer.train()
     start = time.perf_counter()
@@ -122,24 +133,64 @@ def train_transformer(policy: SD3Policy, cfg: DictConfig, scenes: SceneStream, o
         captions = ["" if rng.random() < settings.caption_dropout else c for c in captions]
         with torch.set_grad_enabled(settings.train_text_encoder):
             conditioning = policy.encode_prompts.__wrapped__(policy, captions)
-        loss = policy.denoising_loss(latents, conditioning, 1.0, stream, (0.0, 1.0)).mean()
+        levels = training_levels(settings, stream, len(latents))
+        loss = policy.denoising_loss(latents, conditioning, 1.0, stream, (0.0, 1.0), levels=levels).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
+        if average is not None:
+            average.update_parameters(trained)
         if step % settings.log_every == 0 or step == settings.steps:
             log.info("transformer step %d: loss %.5f (%.0f s)", step, loss.item(), time.perf_counter() - start)
         if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
-            scores = evaluate(policy, cfg, per_kind=settings.eval_per_kind)
-            log.info("transformer step %d: %s", step, _summary(scores))
-            if settings.snapshots:
-                save_pipeline(policy, output_dir / f"pipeline_step{step}", cfg.save_dtype)
+            with averaged_weights(trained, average):
+                refresh_negative(policy)  # guidance's empty-caption branch, from the encoders as they are now
+                for guidance in evaluation_guidances(cfg):
+                    scores = evaluate(policy, cfg, per_kind=settings.eval_per_kind, guidance_scale=guidance)
+                    log.info("transformer step %d, guidance %g: %s", step, guidance, _summary(scores))
+                if settings.snapshots:
+                    save_pipeline(policy, output_dir / f"pipeline_step{step}", cfg.save_dtype)
             policy.transformer.train()
+    if average is not None:
+        trained.load_state_dict(average.module.state_dict())
     policy.transformer.eval()
     for encoder in encoders:
         encoder.requires_grad_(False).eval()
     refresh_negative(policy)
+
+
+@contextlib.contextmanager
+def averaged_weights(trained: torch.nn.Module, average: AveragedModel | None):
+    """`trained` holds the moving average's weights inside the block and its own again after it."""
+    if average is None:
+        yield
+        return
+    own = copy.deepcopy(trained.state_dict())
+    trained.load_state_dict(average.module.state_dict())
+    try:
+        yield
+    finally:
+        trained.load_state_dict(own)
+
+
+def training_levels(settings: DictConfig, stream: RandomStream, count: int) -> torch.Tensor | None:
+    """The noise levels u in (0, 1) to train at: None for the scheduler's uniform draw, or SD3's
+    logit-normal draw u = sigmoid(m + s n), n ~ N(0, 1), which puts the training where the image's
+    layout is decided (mid-chain) rather than at the ends (Esser et al. 2024, section 3.1)."""
+    if settings.timesteps == "uniform":
+        return None
+    if settings.timesteps != "logit_normal":
+        raise ConfigError(
+            f"transformer.timesteps={settings.timesteps!r} is not a timestep draw; use uniform or logit_normal"
+        )
+    return torch.sigmoid(settings.logit_mean + settings.logit_std * stream.normal((count,)))
+
+
+def evaluation_guidances(cfg: DictConfig) -> list[float]:
+    """evaluation.guidance_scale first (the report's), then evaluation.also_guidance."""
+    return [float(cfg.evaluation.guidance_scale), *map(float, cfg.evaluation.get("also_guidance", []))]
 
 
 def refresh_negative(policy: SD3Policy) -> None:
@@ -148,7 +199,13 @@ def refresh_negative(policy: SD3Policy) -> None:
     policy.negative_hidden_states, policy.negative_pooled = negative.hidden_states, negative.pooled
 
 
-def evaluate(policy: SD3Policy, cfg: DictConfig, per_kind: int | None = None, grid: Path | None = None) -> dict:
+def evaluate(
+    policy: SD3Policy,
+    cfg: DictConfig,
+    per_kind: int | None = None,
+    grid: Path | None = None,
+    guidance_scale: float | None = None,
+) -> dict:
     """toy_geneval's per-kind scores (rlft/toy/geneval.py) of Euler (ODE) samples at conf `evaluation`'s
     settings: {"kinds": {kind: {"accuracy", "se", ...}}, "overall": {...}} (the per-prompt scores left out)."""
     from rlft.toy.geneval import evaluate_geneval
@@ -162,7 +219,7 @@ def evaluate(policy: SD3Policy, cfg: DictConfig, per_kind: int | None = None, gr
             per_kind=per_kind or settings.per_kind,
             seeds_per_prompt=settings.seeds_per_prompt,
             num_steps=settings.num_steps,
-            guidance_scale=settings.guidance_scale,
+            guidance_scale=settings.guidance_scale if guidance_scale is None else guidance_scale,
             batch_size=settings.batch_size,
             seed=cfg.seed,
             kernel=EulerKernel(),
@@ -202,6 +259,9 @@ def pretrain_flow(cfg: DictConfig, output_dir: Path) -> dict:
     save_pipeline(policy, pipeline_dir, cfg.save_dtype)  # saved before the evaluation: nothing is lost to it
     report["samples"] = evaluate(policy, cfg, grid=output_dir / "samples.png")
     log.info("samples: %s", _summary(report["samples"]))
+    for guidance in evaluation_guidances(cfg)[1:]:
+        report[f"samples_guidance_{guidance:g}"] = scores = evaluate(policy, cfg, guidance_scale=guidance)
+        log.info("samples at guidance %g: %s", guidance, _summary(scores))
     (output_dir / "pretrain_report.json").write_text(json.dumps(report, indent=1))
     log.info("saved the pipeline to %s (load it with model=toy_flow model.path=%s)", pipeline_dir, pipeline_dir)
     return report

@@ -278,3 +278,42 @@ def test_bad_geneval_settings_are_one_line_before_anything_loads(tmp_path, overr
     with pytest.raises(ConfigError, match=message) as raised:
         validate(cfg)  # (model.path has no pipeline: the check comes first, nothing loads)
     assert "\n" not in str(raised.value)
+
+
+def test_logit_normal_levels_have_the_asked_logit_mean_and_std_and_a_bad_draw_is_one_line():
+    from omegaconf import OmegaConf
+
+    from rlft.pretrain_flow import training_levels
+
+    settings = OmegaConf.create({"timesteps": "logit_normal", "logit_mean": 0.5, "logit_std": 0.7})
+    u = training_levels(settings, RandomStream(0), 200_000).double()
+    assert bool(((u > 0) & (u < 1)).all())
+    logits = torch.log(u / (1 - u))  # sigmoid's inverse: back to the normal draw
+    assert logits.mean().item() == pytest.approx(0.5, abs=0.01) and logits.std().item() == pytest.approx(0.7, abs=0.01)
+    # the median of a logit-normal is sigmoid(m): the draw is centred where m puts it
+    assert u.median().item() == pytest.approx(1 / (1 + math.exp(-0.5)), abs=0.005)
+    assert training_levels(OmegaConf.create({"timesteps": "uniform"}), RandomStream(0), 8) is None
+    with pytest.raises(ConfigError, match=r"^transformer\.timesteps='cosine' is not a timestep draw; use uniform or logit_normal$"):
+        training_levels(OmegaConf.create({"timesteps": "cosine"}), RandomStream(0), 8)
+
+
+def test_the_moving_average_is_what_is_evaluated_and_the_own_weights_come_back():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from rlft.pretrain_flow import averaged_weights
+
+    torch.manual_seed(0)
+    trained = torch.nn.Linear(3, 2)
+    average = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for step in range(5):
+        with torch.no_grad():
+            trained.weight.add_(torch.randn(2, 3))
+        average.update_parameters(trained)
+        now = trained.weight.detach().double()
+        expected = now.clone() if step == 0 else 0.9 * expected + 0.1 * now  # the first update copies
+    own = trained.weight.detach().clone()
+    with averaged_weights(trained, average):
+        assert torch.allclose(trained.weight.double(), expected, atol=1e-6)
+    assert torch.equal(trained.weight, own)
+    with averaged_weights(trained, None):  # no average: the weights as they are
+        assert torch.equal(trained.weight, own)

@@ -429,16 +429,21 @@ class SD3Policy(DiffusionPolicy):
         guidance_scale: float,
         stream: RandomStream,
         window: tuple[float, float],
+        levels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Flow matching's loss per sample: mean over (C, H, W) of (eps - x0 - v(x_s, s))^2 on
         x_s = (1 - s) x0 + s eps, eps ~ N(0, I), with s = shift u / (1 + (shift - 1) u) for u = t / 1000
         and t drawn uniformly from the window's training timesteps (1..1000 for the whole chain): the
         scheduler's own shifted levels, as its sampler spaces them
-        (docs/algorithms.md#the-flow-matching-denoising-loss)."""
-        total = self.scheduler.config.num_train_timesteps
-        drawn = window_timesteps(total, window)
-        t = stream.integers(drawn.start, drawn.stop, (len(latents),), latents.device)
-        u = (t.float() + 1) / total  # in (0, 1]: s = 0 (the clean image) is not a training level
+        (docs/algorithms.md#the-flow-matching-denoising-loss). `levels`: u per sample, drawn by the
+        caller instead (pretraining's logit-normal draw), the window then ignored."""
+        if levels is None:
+            total = self.scheduler.config.num_train_timesteps
+            drawn = window_timesteps(total, window)
+            t = stream.integers(drawn.start, drawn.stop, (len(latents),), latents.device)
+            u = (t.float() + 1) / total  # in (0, 1]: s = 0 (the clean image) is not a training level
+        else:
+            u = levels.to(latents.device, torch.float32)
         shift = float(self.scheduler.config.get("shift", 1.0))
         sigma = shift * u / (1 + (shift - 1) * u)
         noise = stream.normal(latents.shape, latents.device)
