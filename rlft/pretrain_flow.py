@@ -35,7 +35,7 @@ from rlft.kernels.choice import EulerKernel
 from rlft.pretrain import perturbed
 from rlft.streams import RandomStream
 from rlft.toy.compositional import KINDS, CompositionalWorld, read_batch, render, truth
-from rlft.toy.flow import build_toy_flow
+from rlft.toy.flow import build_toy_flow, load_toy_flow
 
 log = logging.getLogger("rlft.pretrain")
 
@@ -245,11 +245,15 @@ def save_pipeline(policy: SD3Policy, directory: Path, dtype: str) -> None:
 
 def pretrain_flow(cfg: DictConfig, output_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
-    components = build_toy_flow(**OmegaConf.to_container(cfg.model, resolve=True))
     scenes = SceneStream(cfg.seed, list(cfg.kinds), cfg.resolution)
     start = time.perf_counter()
-    train_vae(components.vae, cfg.vae, scenes)
-    set_latent_statistics(components.vae, scenes)
+    if cfg.get("init_from"):  # a second stage: the transformer trains on from a saved pipeline, its VAE kept
+        components = load_toy_flow(str(cfg.init_from))
+        log.info("continuing from %s (its VAE and latent statistics kept)", cfg.init_from)
+    else:
+        components = build_toy_flow(**OmegaConf.to_container(cfg.model, resolve=True))
+        train_vae(components.vae, cfg.vae, scenes)
+        set_latent_statistics(components.vae, scenes)
     report: dict = {"reconstruction_accuracy": reconstruction_accuracy(components.vae, scenes, 512)}
     log.info("vae: %.1f%% of reconstructions read back right", 100 * report["reconstruction_accuracy"])
     policy = SD3Policy(components, lora=None, max_sequence_length=0, kernel=EulerKernel())

@@ -14,8 +14,8 @@ def composed(command: str):
         return compose(config_name="train", overrides=command.split())
 
 
-def test_the_default_run_is_the_toy_demo():
-    cfg = composed("")
+def test_model_toy_is_the_toy_ddpo_demo():
+    cfg = composed("model=toy")
     assert cfg.model.components._target_ == "rlft.toy.model.load_toy"
     assert (cfg.reward._target_, cfg.reward.aspect) == ("rlft.toy.rewards.ToyReward", "alignment")
     assert cfg.prompt._target_ == "rlft.toy.prompts.ToyPrompts"

@@ -59,7 +59,7 @@ def test_rwr_raises_brightness(tmp_path, algorithm):
 # demo (64 samples of 5 steps without guidance in groups of 4 per prompt; its first two steps
 # trained, LoRA on the cross-attention) rewarded on colour alone, 15 epochs at lr 4e-3 (half the
 # epochs of the 30 at lr 2e-3 these tests ran before, which cost 100-113 s for TDPO and TDPO-R).
-TOY = ["~experiment", "reward=toy_color", "eval_rewards=[]", "epochs=15", "train.learning_rate=4e-3"]
+TOY = ["~experiment", "model=toy", "reward=toy_color", "eval_rewards=[]", "epochs=15", "train.learning_rate=4e-3"]
 TOY_CASES = {
     "ddpo": [],  # model=toy brings algorithm=ddpo_groups
     "ddpo_sf": ["algorithm=ddpo_sf", "algorithm.stat_min_count=4"],

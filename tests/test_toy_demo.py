@@ -1,5 +1,6 @@
-"""The default run (`python -m rlft`, no experiment): DDPO on the shipped toy model with the exact
-alignment reward, and its before/after showcase of fixed prompts and seeds."""
+"""The one-shape toy demo (`python -m rlft model=toy`, the default run before the compositional
+one): DDPO on the shipped toy model with the exact alignment reward, and its before/after showcase
+of fixed prompts and seeds."""
 
 import csv
 import json
@@ -27,8 +28,8 @@ def test_the_shipped_toy_pipeline_loads_in_float32():
     assert components.unet.config.sample_size * 4 == components.vae.config.sample_size == 32
 
 
-def test_the_default_run_composes_the_toy_world():
-    cfg = compose_config(["~experiment"])
+def test_model_toy_composes_the_toy_world():
+    cfg = compose_config(["~experiment", "model=toy"])
     assert cfg.model.components._target_ == "rlft.toy.model.load_toy"
     assert cfg.reward._target_ == "rlft.toy.rewards.ToyReward" and cfg.reward.aspect == "alignment"
     assert cfg.prompt._target_ == "rlft.toy.prompts.ToyPrompts"
@@ -36,7 +37,7 @@ def test_the_default_run_composes_the_toy_world():
 
 
 def test_showcase_saves_the_same_prompts_before_and_after_and_leaves_training_alone(tmp_path):
-    common = ["~experiment", *SMALL, "showcase.grid=6", "showcase.batch_size=4"]
+    common = ["~experiment", "model=toy", *SMALL, "showcase.grid=6", "showcase.batch_size=4"]
     shown = run_cli([*common, "showcase.samples=6", f"output_root={tmp_path / 'with'}"], cwd=tmp_path)
     plain_run = run_cli([*common, "showcase.samples=0", f"output_root={tmp_path / 'without'}"], cwd=tmp_path)
     assert noise(shown) == noise(plain_run) == []  # no warning or library notice among the lines printed

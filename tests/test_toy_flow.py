@@ -317,3 +317,23 @@ def test_the_moving_average_is_what_is_evaluated_and_the_own_weights_come_back()
     assert torch.equal(trained.weight, own)
     with averaged_weights(trained, None):  # no average: the weights as they are
         assert torch.equal(trained.weight, own)
+
+
+def test_a_second_stage_trains_the_transformer_on_from_a_pipeline_and_keeps_its_vae(pipeline, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from rlft.config import CONFIG_DIR
+    from rlft.pretrain_flow import pretrain_flow
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="pretrain_flow", overrides=[*SMOKE, "seed=1", f"init_from={pipeline}", "vae.steps=0"])
+    pretrain_flow(cfg, tmp_path)
+    before, after = load_toy_flow(pipeline), load_toy_flow(str(tmp_path / "pipeline"))
+    assert (after.vae.config.shift_factor, after.vae.config.scaling_factor) == (
+        before.vae.config.shift_factor,
+        before.vae.config.scaling_factor,
+    )
+    for a, b in zip(after.vae.state_dict().values(), before.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    moved = [not torch.equal(a, b) for a, b in zip(after.transformer.parameters(), before.transformer.parameters())]
+    assert any(moved)
