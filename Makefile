@@ -82,8 +82,11 @@ pretrain-toy: install
 	$(PY) -m rlft.pretrain hydra.run.dir=outputs/pretrain/toy $(ARGS)
 
 # The toy flow model of the compositional world (model=toy_flow; docs/toy_world.md#the-compositional-demo).
+# Two stages (conf/pretrain_flow.yaml): 10000 transformer steps from scratch, then 10000 more from there.
 pretrain-toy-flow: install
-	$(PY) -m rlft.pretrain --config-name pretrain_flow hydra.run.dir=outputs/pretrain/toy_flow $(ARGS)
+	$(PY) -m rlft.pretrain --config-name pretrain_flow hydra.run.dir=outputs/pretrain/toy_flow_stage1 $(ARGS)
+	$(PY) -m rlft.pretrain --config-name pretrain_flow seed=1 init_from=outputs/pretrain/toy_flow_stage1/pipeline \
+		transformer.learning_rate=5e-4 hydra.run.dir=outputs/pretrain/toy_flow $(ARGS)
 
 # The over-optimization study (README): DDPO and TDPO-R trained on colour alone, shape watched.
 STUDY ?= outputs/study

@@ -1,15 +1,17 @@
 """`python -m rlft.pretrain --config-name pretrain_flow`: pretrain the toy flow model (model=toy_flow) on
 the compositional world (rlft/toy/compositional.py).
 
-Two stages on scenes drawn on the fly (an endless, seeded stream over GenEval's six task kinds): an
-AutoencoderKL learns to reconstruct them (32x32 -> 16x16x4 latents; its shift and scaling factors are
-then set to the latents' mean and 1 / std, SD3's convention), then the SD3 transformer learns
-rectified flow on their latents (the family's own loss, SD3Policy.denoising_loss, over the whole
-chain) conditioned on two small CLIP text encoders over the captions' words (left at their random
-initialisation unless `transformer.train_text_encoder`; 10% of captions dropped so that guidance
-works). Each stage reports the exact reader's scores: of the reconstructions, then per task kind of
-Euler samples (toy_geneval's evaluation). The result is a diffusers SD3 pipeline directory, which
-model=toy_flow loads.
+Two parts on scenes drawn on the fly (an endless, seeded stream over GenEval's six task kinds): an
+AutoencoderKL learns to reconstruct them (32x32 -> 16x16x4 latents, optionally decoding from
+slightly noised latents; its shift and scaling factors are then set to the latents' mean and 1 / std,
+SD3's convention), then the SD3 transformer learns rectified flow on their latents (the family's own
+loss, SD3Policy.denoising_loss, at uniform or SD3's logit-normal noise levels) conditioned on two
+small CLIP text encoders over the captions' words (trained with it, or left at their random
+initialisation; 10% of captions dropped so that guidance works), an exponential moving average of
+the weights being what is evaluated and saved. `init_from` skips the VAE and trains a saved
+pipeline's transformer on (the shipped base is two such runs). Each part reports the exact reader's
+scores: of the reconstructions, then per task kind of Euler samples (toy_geneval's evaluation). The
+result is a diffusers SD3 pipeline directory, which model=toy_flow loads.
 
 Written as a plain loop, as rlft/pretrain.py: a short supervised job whose whole state is the pipeline.
 """

@@ -14,6 +14,19 @@ def composed(command: str):
         return compose(config_name="train", overrides=command.split())
 
 
+def test_the_default_run_is_grpo_on_the_shipped_toy_flow_model_with_toy_geneval():
+    cfg = composed("")
+    assert cfg.model.components._target_ == "rlft.toy.flow.load_toy_flow" and cfg.model.path is None
+    assert cfg.model.policy._target_ == "rlft.families.sd3.SD3Policy"
+    assert cfg.algorithm._target_ == "rlft.algorithms.GRPO" and cfg.sample.kernel._target_.endswith("FlowGRPOKernel")
+    assert cfg.reward._target_ == "rlft.toy.geneval.ToyGenEvalReward"
+    assert cfg.prompt._target_ == "rlft.toy.geneval.CompositionalPrompts"
+    s, t = cfg.sample, cfg.train
+    assert (s.num_steps, s.guidance_scale, s.images_per_prompt, s.batch_size * s.num_batches_per_epoch) == (10, 4.5, 8, 64)
+    assert (t.batch_size * t.gradient_accumulation_steps, t.learning_rate, list(t.timestep_window)) == (64, 1e-3, [0, 0.9])
+    assert (cfg.epochs, cfg.geneval.per_kind, cfg.geneval.seeds_per_prompt) == (60, 64, 2)  # 768 images before and after
+
+
 def test_model_toy_is_the_toy_ddpo_demo():
     cfg = composed("model=toy")
     assert cfg.model.components._target_ == "rlft.toy.model.load_toy"

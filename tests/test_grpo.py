@@ -178,19 +178,21 @@ def test_one_epoch_of_grpo_trains_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_grpo_raises_brightness_on_the_tiny_flow_model(tmp_path):
-    """Learning on the flow family: GRPO with Flow-GRPO's SDE kernel on model=tiny_sd3 (its defaults:
-    16 samples of 6 steps per epoch in groups of 4, the first 5 steps trained, LoRA r32), rewarded by
-    brightness, the mean pixel value read exactly. Measured (seed 42, 2 CPU cores): reward_mean
-    0.5801 at epoch 0, 0.5922 / 0.5959 at epochs 10 / 11 (the last three epochs' mean 0.5921,
-    +0.012); without updates the epoch means move by about 0.0002. The margin is half the gain."""
+def test_grpo_raises_brightness_on_the_shipped_toy_flow_model(tmp_path):
+    """Learning on the flow family: GRPO with Flow-GRPO's SDE kernel on the shipped toy flow base
+    (model=toy_flow's defaults: 64 samples of 10 steps per epoch in groups of 8, LoRA r16), without
+    guidance, the first half of each chain trained, rewarded by brightness (the mean pixel value, read
+    exactly). Measured (seed 42, one torch thread, 25 s): reward_mean 0.52 at epoch 0, 0.61, 0.59, 0.61
+    at epochs 7-9 (+0.08), after 0.52-0.55 over epochs 0-4, where little has moved yet. The margin
+    is half the gain."""
     from rlft.train import train
 
     cfg = compose_config(
-        ["model=tiny_sd3", "algorithm=grpo", "reward=brightness", "epochs=12", "train.learning_rate=3e-3",
-         f"output_root={tmp_path}"]
+        ["~experiment", "reward=brightness", "sample.guidance_scale=1", "epochs=10", "geneval.per_kind=0",
+         "train.learning_rate=2e-3", "train.timestep_window=[0.0,0.5]", f"output_root={tmp_path}"]
     )  # fmt: skip
+    assert cfg.model.components._target_ == "rlft.toy.flow.load_toy_flow" and cfg.model.path is None
     train(cfg, tmp_path / "run")
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rewards = [float(row["reward_mean"]) for row in csv.DictReader(f)]
-    assert len(rewards) == 12 and sum(rewards[-3:]) / 3 > rewards[0] + 0.006, rewards
+    assert len(rewards) == 10 and sum(rewards[-3:]) / 3 > rewards[0] + 0.04, rewards

@@ -1,13 +1,15 @@
-"""Learning, not just running: every algorithm raises the reward it is trained on.
+"""Learning, not just running: every algorithm raises an exactly-read score on a toy base.
 
-DDPO, its score-function variant, TDPO and TDPO-R on the toy world, where the reward is colour
-accuracy read exactly from the pixels (the last test). RWR and RWR-sparse lower that accuracy on
-the toy (README, "The toy world": their samples drift from the data as they train on them), so
-their tests stay on the tiny model with brightness as the reward: seeded runs whose margin is about
-half to two thirds of the measured gain (mean of the last three epochs minus epoch 0); without
-learning the epoch means wander by about 0.005. Measured on 2 CPU cores (seed 42):
-- rwr (64 samples, beta 100 for a [0, 1] reward, 4 passes, lr 2e-3, 8 epochs): +0.019, 50 s;
-- rwr_sparse (64 samples, top quarter kept, 4 passes, lr 2e-3, 10 epochs): +0.015, 32 s.
+DDPO, its score-function variant, TDPO and TDPO-R on the one-shape toy world (model=toy), where the
+reward is colour accuracy read exactly from the pixels (the last test). RWR and RWR-sparse on the
+shipped toy flow model (model=toy_flow, the default run's base; RWR lowers the one-shape toy's
+accuracy, docs/toy_world.md), rewarded by brightness, the mean pixel value read exactly: seeded
+runs whose margin is under half the measured gain (mean of the last three epochs minus epoch 0).
+Measured on 2 CPU cores, one torch thread each (seed 42; 64 samples of 10 steps without guidance,
+4 passes of minibatches of 16, lr 2e-3), reward_mean by epoch:
+- rwr (beta 100 for a [0, 1] reward): 0.52, 0.62, 0.80, 0.92, 0.97, 0.97: +0.43, 12 s;
+- rwr_sparse (top quarter kept): 0.52, 0.57, 0.62, 0.79, 0.90, 0.95: +0.36, 12 s.
+GRPO's learning test is in test_grpo.py (the same base and reward).
 """
 
 import csv
@@ -20,37 +22,27 @@ from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
-RWR_SIZES = ["sample.num_batches_per_epoch=8", "train.batch_size=4", "train.gradient_accumulation_steps=1"]
+RWR_SIZES = ["~experiment", "sample.guidance_scale=1", "geneval.per_kind=0", "train.batch_size=16"]
+RWR_SIZES += ["train.gradient_accumulation_steps=1", "train.num_inner_epochs=4", "train.learning_rate=2e-3", "epochs=6"]
 
 RWR_CASES = {
-    "rwr": (
-        [*RWR_SIZES, "algorithm.temperature=100", "train.num_inner_epochs=4", "train.learning_rate=2e-3", "epochs=8"],
-        0.01,
-    ),
-    "rwr_sparse": (
-        [
-            *RWR_SIZES,
-            "algorithm.percentile=75",
-            "train.num_inner_epochs=4",
-            "train.learning_rate=2e-3",
-            "epochs=10",
-        ],
-        0.01,
-    ),
+    "rwr": (["algorithm.temperature=100"], 0.15),
+    "rwr_sparse": (["algorithm.percentile=75"], 0.15),
 }
 
 
 def rewards_of_run(tmp_path, overrides: list[str]) -> list[float]:
-    cfg = compose_config(["reward=brightness", "epochs=12", f"output_root={tmp_path}", *overrides])
+    cfg = compose_config(["reward=brightness", f"output_root={tmp_path}", *overrides])
     train(cfg, tmp_path / "run")
     with (tmp_path / "run" / "metrics.csv").open() as f:
         return [float(row["reward_mean"]) for row in csv.DictReader(f)]
 
 
 @pytest.mark.parametrize("algorithm", sorted(RWR_CASES))
-def test_rwr_raises_brightness(tmp_path, algorithm):
+def test_rwr_raises_brightness_on_the_toy_flow_model(tmp_path, algorithm):
     overrides, margin = RWR_CASES[algorithm]
-    rewards = rewards_of_run(tmp_path, [f"algorithm={algorithm}", *overrides])
+    rewards = rewards_of_run(tmp_path, [*RWR_SIZES, f"algorithm={algorithm}", *overrides])
+    assert len(rewards) == 6
     first, last = rewards[0], sum(rewards[-3:]) / 3
     assert last > first + margin, rewards
 

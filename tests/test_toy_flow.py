@@ -28,7 +28,7 @@ from rlft.trajectories import rescore, training_batches, transition_of
 from tests.conftest import compose_config, run_cli
 
 SMOKE = ["vae.steps=3", "transformer.steps=3", "vae.batch_size=8", "transformer.batch_size=8"]
-SMOKE += ["evaluation.per_kind=2", "evaluation.seeds_per_prompt=1"]
+SMOKE += ["evaluation.per_kind=2", "evaluation.seeds_per_prompt=1", "evaluation.also_guidance=[3.0]"]
 # 8 samples (2 prompts x 4 images) of 3 steps an epoch, minibatches of 4; toy_geneval of 2 prompts per
 # kind, 1 image each (two prompts: a standard error to measure), in one batch.
 RUN = ["~experiment", "model=toy_flow", "sample.batch_size=4", "sample.num_batches_per_epoch=2"]
@@ -77,6 +77,9 @@ def test_the_smoke_pretraining_reports_per_kind_and_saves_a_float32_pipeline(pre
     assert samples["overall"]["n"] == 12
     assert samples["overall"]["accuracy"] == pytest.approx(np.mean([samples["kinds"][k]["accuracy"] for k in KINDS]))
     assert samples["settings"]["kernel"] == "EulerKernel()" and samples["settings"]["resolution"] == 32
+    guided = report["samples_guidance_3"]  # evaluation.also_guidance: the same prompts and seeds, guided
+    assert guided["settings"]["guidance_scale"] == 3.0 and samples["settings"]["guidance_scale"] == 1.0
+    assert guided["overall"]["n"] == 12
 
     components = load_toy_flow(str(out / "pipeline"))  # stored in float16, loaded in float32
     assert components.text_encoder_3 is None and components.tokenizer_3 is None  # no T5
@@ -305,6 +308,7 @@ def test_the_moving_average_is_what_is_evaluated_and_the_own_weights_come_back()
     torch.manual_seed(0)
     trained = torch.nn.Linear(3, 2)
     average = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    expected = torch.zeros(2, 3, dtype=torch.float64)
     for step in range(5):
         with torch.no_grad():
             trained.weight.add_(torch.randn(2, 3))
