@@ -97,7 +97,7 @@ study: install
 		--metrics reward_mean eval_toy_shape_mean eval_toy_alignment_mean --title "trained on toy_color"
 
 # The compositional study (docs/geneval_study.md): GRPO against DDPO on the toy flow model, same base and
-# budget, and GRPO trained on counting alone with all six kinds measured every 5 epochs.
+# budget, and GRPO trained on counting alone with all six kinds measured every 10 epochs.
 GENEVAL_STUDY ?= outputs/study_geneval
 study-geneval: install
 	$(PY) -m rlft experiment=geneval_grpo hydra.run.dir=$(GENEVAL_STUDY)/grpo $(ARGS)

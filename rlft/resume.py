@@ -17,7 +17,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.errors import ConfigError, RlftError
@@ -178,3 +180,16 @@ def trim_metrics(metrics_file: Path, first_epoch: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, metrics_file)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, saving at the end of every epoch even when no optimizer step ran
+    in it. Lightning skips a save when the global step has not moved since the last one; an RL epoch
+    can end without a step (GRPO when every group scored its images alike) and still has to be saved:
+    its epoch, random streams and algorithm state moved on, and without the save the run's
+    last.ckpt would be an epoch behind (or, written at the end of training, an epoch ahead)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_global_step_saved = -1  # (private to Lightning: what its step test reads)
+        super().on_train_epoch_end(trainer, pl_module)
+

@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from rlft.algorithms import Algorithm
@@ -25,7 +24,7 @@ from rlft.policy import policy_class
 from rlft.preemption import StopOnSigterm, cluster_plugins
 from rlft.quiet import no_library_progress_bars, quiet_known_warnings, quiet_resume_warnings
 from rlft.report import ReportCallback, refresh_report
-from rlft.resume import Resumption, find_resumption, resumption_at, trim_metrics
+from rlft.resume import EpochCheckpoint, Resumption, find_resumption, resumption_at, trim_metrics
 from rlft.validation import HARDWARE_HINT, check_config
 
 log = logging.getLogger("rlft")
@@ -329,7 +328,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         run_dir = resumption.run_dir  # continue the interrupted run in its own directory
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     loggers = build_loggers(cfg, run_dir)
-    checkpoints = ModelCheckpoint(
+    checkpoints = EpochCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="epoch={epoch:04d}",
         auto_insert_metric_name=False,

@@ -196,3 +196,24 @@ def test_grpo_raises_brightness_on_the_shipped_toy_flow_model(tmp_path):
     with (tmp_path / "run" / "metrics.csv").open() as f:
         rewards = [float(row["reward_mean"]) for row in csv.DictReader(f)]
     assert len(rewards) == 10 and sum(rewards[-3:]) / 3 > rewards[0] + 0.04, rewards
+
+
+def test_an_epoch_without_an_optimizer_step_is_still_checkpointed(tmp_path):
+    """GRPO skips the optimizer when every group scored its images alike; Lightning's checkpoint
+    callback would then skip the epoch's save (the global step did not move), and last.ckpt would be
+    written at the end of training an epoch ahead, so resume=auto took the run for finished."""
+    from rlft.resume import read_checkpoint
+    from rlft.train import train
+
+    cfg = compose_config(
+        ["~experiment", "epochs=1", "sample.num_steps=2", "sample.batch_size=4", "sample.num_batches_per_epoch=1",
+         "sample.images_per_prompt=2", "geneval.per_kind=0", "train.batch_size=4", "train.gradient_accumulation_steps=1",
+         f"output_root={tmp_path}"]
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["zero_std_ratio"]) == 1.0 and float(row["optimizer_steps"]) == 0  # the case itself
+    for name in ("epoch=0000.ckpt", "last.ckpt"):
+        checkpoint = read_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 0), name

@@ -44,12 +44,15 @@ PLACEHOLDERS = {
     "/data/sd15": str(TOY_PIPELINE),  # a local diffusers pipeline directory (only composed: hardware=multi_gpu)
 }
 
-# Appended to a command that runs here: one epoch of 4 samples of 2 steps, one optimizer step.
+# Appended to a command that runs here: one epoch of 4 samples of 2 steps (two prompts of 2 images:
+# any group size divides it, GRPO's too), one optimizer step, no toy_geneval tables.
 SHORT = [
     "epochs=1",
     "sample.num_steps=2",
     "sample.batch_size=4",
     "sample.num_batches_per_epoch=1",
+    "sample.images_per_prompt=2",
+    "geneval.per_kind=0",
     "train.batch_size=4",
     "train.gradient_accumulation_steps=1",
     "train.num_inner_epochs=1",
