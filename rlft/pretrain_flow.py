@@ -181,13 +181,17 @@ def training_levels(settings: DictConfig, stream: RandomStream, count: int) -> t
     """The noise levels u in (0, 1) to train at: None for the scheduler's uniform draw, or SD3's
     logit-normal draw u = sigmoid(m + s n), n ~ N(0, 1), which puts the training where the image's
     layout is decided (mid-chain) rather than at the ends (Esser et al. 2024, section 3.1)."""
+    check_timesteps(settings)
     if settings.timesteps == "uniform":
         return None
-    if settings.timesteps != "logit_normal":
+    return torch.sigmoid(settings.logit_mean + settings.logit_std * stream.normal((count,)))
+
+
+def check_timesteps(settings: DictConfig) -> None:
+    if settings.timesteps not in ("uniform", "logit_normal"):
         raise ConfigError(
             f"transformer.timesteps={settings.timesteps!r} is not a timestep draw; use uniform or logit_normal"
         )
-    return torch.sigmoid(settings.logit_mean + settings.logit_std * stream.normal((count,)))
 
 
 def evaluation_guidances(cfg: DictConfig) -> list[float]:
@@ -246,6 +250,7 @@ def save_pipeline(policy: SD3Policy, directory: Path, dtype: str) -> None:
 
 
 def pretrain_flow(cfg: DictConfig, output_dir: Path) -> dict:
+    check_timesteps(cfg.transformer)  # before the VAE's minutes of training, not after them
     torch.manual_seed(cfg.seed)
     scenes = SceneStream(cfg.seed, list(cfg.kinds), cfg.resolution)
     start = time.perf_counter()

@@ -299,6 +299,16 @@ def test_logit_normal_levels_have_the_asked_logit_mean_and_std_and_a_bad_draw_is
     with pytest.raises(ConfigError, match=r"^transformer\.timesteps='cosine' is not a timestep draw; use uniform or logit_normal$"):
         training_levels(OmegaConf.create({"timesteps": "cosine"}), RandomStream(0), 8)
 
+    from hydra import compose, initialize_config_dir
+
+    from rlft.config import CONFIG_DIR
+    from rlft.pretrain_flow import pretrain_flow
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="pretrain_flow", overrides=["transformer.timesteps=cosine"])
+    with pytest.raises(ConfigError, match=r"^transformer\.timesteps='cosine'"):
+        pretrain_flow(cfg, Path("unused"))  # refused before the VAE's 1500 steps start
+
 
 def test_the_moving_average_is_what_is_evaluated_and_the_own_weights_come_back():
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
